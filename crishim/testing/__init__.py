@@ -1,0 +1,1 @@
+"""Kit for crishim backend authors and crishim's own tests."""
