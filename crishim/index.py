@@ -1,0 +1,86 @@
+"""An immutable in-memory image index that backends can build and swap.
+
+Lookups cost a dict access (names, digests, IDs) or a binary search (ID
+prefixes), whatever the number of images. A backend builds a new
+:class:`ImageIndex` when its source changes and replaces the old one with a
+single attribute assignment, so a concurrent reader sees the old index or the
+new one, never a mix.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import replace
+
+from crishim.model import ImageRecord
+from crishim.reference import Reference, RefKind
+
+
+class ImageIndex:
+    """Images by ID, by ``name:tag``, by ``name@digest`` and by ID prefix."""
+
+    __slots__ = ("_by_digest", "_by_id", "_by_tag", "_sorted_hex")
+
+    def __init__(self, records: Iterable[ImageRecord] = ()) -> None:
+        by_id: dict[str, ImageRecord] = {}
+        for record in records:
+            previous = by_id.get(record.id)
+            by_id[record.id] = record if previous is None else merge_records(previous, record)
+        by_tag: dict[str, ImageRecord] = {}
+        by_digest: dict[str, ImageRecord] = {}
+        for record in by_id.values():
+            for tag in record.repo_tags:
+                by_tag[tag] = record
+            for digest in record.repo_digests:
+                by_digest[digest] = record
+        self._by_id = by_id
+        self._by_tag = by_tag
+        self._by_digest = by_digest
+        self._sorted_hex = sorted(i.partition(":")[2] for i in by_id)
+
+    def __len__(self) -> int:
+        return len(self._by_id)
+
+    def __iter__(self) -> Iterator[ImageRecord]:
+        return iter(self._by_id.values())
+
+    def get(self, ref: Reference) -> ImageRecord | None:
+        """The image a reference names, or None. ID prefixes are not resolved here."""
+        kind = ref.kind
+        if kind is RefKind.NAME:
+            if ref.digest:
+                return self._by_digest.get(f"{ref.repository}@{ref.digest}")
+            return self._by_tag.get(f"{ref.repository}:{ref.tag}")
+        if kind is RefKind.ID:
+            return self._by_id.get(ref.digest)
+        return None
+
+    def by_id(self, image_id: str) -> ImageRecord | None:
+        return self._by_id.get(image_id)
+
+    def match_id_prefix(self, prefix: str, limit: int = 2) -> list[str]:
+        """Up to ``limit`` full IDs whose hex starts with ``prefix``."""
+        found: list[str] = []
+        hexes = self._sorted_hex
+        i = bisect.bisect_left(hexes, prefix)
+        while i < len(hexes) and hexes[i].startswith(prefix) and len(found) < limit:
+            found.append("sha256:" + hexes[i])
+            i += 1
+        return found
+
+
+def merge_records(first: ImageRecord, other: ImageRecord) -> ImageRecord:
+    """One image known twice: keep ``first``'s facts, take the names of both."""
+    tags = _union(first.repo_tags, other.repo_tags)
+    digests = _union(first.repo_digests, other.repo_digests)
+    if tags == first.repo_tags and digests == first.repo_digests:
+        return first
+    return replace(first, repo_tags=tags, repo_digests=digests)
+
+
+def _union(a: Sequence[str], b: Sequence[str]) -> tuple[str, ...]:
+    seen = dict.fromkeys(a)
+    for item in b:
+        seen.setdefault(item)
+    return tuple(seen)

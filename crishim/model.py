@@ -1,0 +1,151 @@
+"""The domain model: plain Python, no protobuf, no gRPC.
+
+Backends produce :class:`ImageRecord` objects; the catalog routes and merges
+them; :mod:`crishim.service` turns them into CRI messages.
+"""
+
+from __future__ import annotations
+
+import json
+import platform as _platform
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+_EMPTY: Mapping[str, str] = MappingProxyType({})
+
+
+@dataclass(frozen=True, slots=True)
+class Platform:
+    """An OCI platform: what an image index is resolved to."""
+
+    os: str
+    architecture: str
+    variant: str = ""
+
+    def __str__(self) -> str:
+        parts = [self.os, self.architecture]
+        if self.variant:
+            parts.append(self.variant)
+        return "/".join(parts)
+
+    def matches(self, os: str, architecture: str, variant: str = "") -> bool:
+        """True when a descriptor's platform fits this one.
+
+        A descriptor without a variant fits any variant; ``arm64`` treats a
+        missing variant and ``v8`` as the same thing, as containerd does.
+        """
+        if os != self.os or architecture != self.architecture:
+            return False
+        if not variant or not self.variant:
+            return True
+        if self.architecture == "arm64" and {variant, self.variant} <= {"v8", ""}:
+            return True
+        return variant == self.variant
+
+
+_MACHINE_TO_OCI: dict[str, tuple[str, str]] = {
+    "x86_64": ("amd64", ""),
+    "amd64": ("amd64", ""),
+    "aarch64": ("arm64", "v8"),
+    "arm64": ("arm64", "v8"),
+    "armv7l": ("arm", "v7"),
+    "armv6l": ("arm", "v6"),
+    "i386": ("386", ""),
+    "i686": ("386", ""),
+    "ppc64le": ("ppc64le", ""),
+    "s390x": ("s390x", ""),
+    "riscv64": ("riscv64", ""),
+}
+
+
+def host_platform() -> Platform:
+    """The platform of the machine crishim runs on, in OCI terms."""
+    machine = _platform.machine().lower()
+    arch, variant = _MACHINE_TO_OCI.get(machine, (machine, ""))
+    return Platform(os=_platform.system().lower() or "linux", architecture=arch, variant=variant)
+
+
+def split_user(user: str) -> tuple[int | None, str]:
+    """Split an image config ``User`` into (uid, username) as the CRI reports it.
+
+    Only the part before ``:`` counts (the group is not reported). A numeric
+    user gives a uid and an empty username; anything else gives a username
+    and no uid; an empty user gives neither.
+    """
+    name = user.split(":", 1)[0]
+    if not name:
+        return None, ""
+    if name.isdigit():
+        return int(name), ""
+    return None, name
+
+
+@dataclass(frozen=True, slots=True)
+class ImageRecord:
+    """One image as a backend knows it.
+
+    ``id`` is the config digest (``sha256:<hex>``). ``repo_tags`` are
+    normalised ``name:tag`` strings and ``repo_digests`` normalised
+    ``name@digest`` strings (the digest a name was published with: the
+    manifest's, or the index's for a multi-platform image). ``size`` is the
+    compressed size of the platform manifest, its config and its layers.
+    """
+
+    id: str
+    repo_tags: tuple[str, ...] = ()
+    repo_digests: tuple[str, ...] = ()
+    size: int = 0
+    user: str = ""
+    annotations: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
+    #: The OCI image config blob as stored (JSON bytes); verbose ImageStatus
+    #: reports it parsed as ``imageSpec``. Kept as bytes: a parsed config
+    #: costs several times its size in memory, and it is rarely asked for.
+    config: bytes = b""
+    chain_id: str = ""
+    #: Where the backend read the image from (a path, a URL); shown in verbose info.
+    source: str = ""
+    manifest_digest: str = ""
+    manifest_media_type: str = ""
+    #: Backend-specific facts for verbose info; plain strings.
+    extra: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
+
+    #: Opaque per-record cache for the service layer (ready answers); not
+    #: part of the record's identity. Dies with the record.
+    cache: dict[Any, Any] = field(default_factory=dict, init=False, compare=False, repr=False)
+
+    @property
+    def image_spec(self) -> dict[str, Any]:
+        """The parsed image config (empty when the backend has none)."""
+        if not self.config:
+            return {}
+        parsed = json.loads(self.config)
+        return parsed if isinstance(parsed, dict) else {}
+
+    @property
+    def uid(self) -> int | None:
+        return split_user(self.user)[0]
+
+    @property
+    def username(self) -> str:
+        return split_user(self.user)[1]
+
+
+@dataclass(frozen=True, slots=True)
+class FilesystemUsage:
+    """What a backend's store occupies on one filesystem."""
+
+    mountpoint: str
+    used_bytes: int
+    inodes_used: int
+    timestamp_ns: int
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """An image as the catalog answers it: the record and who gave it."""
+
+    record: ImageRecord
+    backend: str
+    pinned: bool = False

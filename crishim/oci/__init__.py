@@ -1,0 +1,1 @@
+"""OCI image-layout support shared by backends: reading, atomic writes, GC."""

@@ -1,0 +1,172 @@
+"""Persisted index snapshots, so a restart serves at once.
+
+Reading and parsing every manifest and config of a large layout costs
+seconds at start-up (far more with a cold page cache). A snapshot stores
+the scan results of a layout in one file, written atomically, and records
+the sha256 of the ``index.json`` it was made from. It is used only when
+
+* its header, format version and Python version match (``marshal`` is
+  specific to a Python version; it also cannot run code on load, unlike
+  pickle);
+* the payload matches the checksum in the header (truncation, corruption);
+* the layout's platform and repository settings match;
+
+and it is *served* without a re-scan only when ``index.json`` still has
+the recorded sha256. Otherwise its entries seed an incremental re-scan:
+entries already known are reused, new ones are read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import marshal
+import sys
+from pathlib import Path
+from typing import Any
+
+from crishim.model import FilesystemUsage, ImageRecord
+from crishim.oci.atomic import atomic_write
+from crishim.oci.layout import EntryKey, EntryResult
+
+log = logging.getLogger(__name__)
+
+MAGIC = b"crishim-index-snapshot\n"
+FORMAT = 1
+
+
+class SnapshotError(Exception):
+    """The snapshot cannot be used; the message says why."""
+
+
+def _record_tuple(r: ImageRecord) -> tuple[Any, ...]:
+    return (
+        r.id,
+        r.repo_tags,
+        r.repo_digests,
+        r.size,
+        r.user,
+        tuple(r.annotations.items()),
+        r.config,
+        r.chain_id,
+        r.source,
+        r.manifest_digest,
+        r.manifest_media_type,
+        tuple(r.extra.items()),
+    )
+
+
+def _record(t: tuple[Any, ...]) -> ImageRecord:
+    (id_, tags, digests, size, user, annotations, config, chain, source, mdigest, mtype, extra) = t
+    return ImageRecord(
+        id=id_,
+        repo_tags=tuple(tags),
+        repo_digests=tuple(digests),
+        size=size,
+        user=user,
+        annotations=dict(annotations) if annotations else {},
+        config=config,
+        chain_id=chain,
+        source=source,
+        manifest_digest=mdigest,
+        manifest_media_type=mtype,
+        extra=dict(extra) if extra else {},
+    )
+
+
+def _identity(settings: dict[str, str]) -> dict[str, Any]:
+    return {
+        "format": FORMAT,
+        "python": list(sys.version_info[:2]),
+        **settings,
+    }
+
+
+def save(
+    path: Path,
+    results: tuple[EntryResult, ...],
+    index_sha256: str,
+    settings: dict[str, str],
+    usage: FilesystemUsage | None,
+) -> None:
+    """Write the snapshot atomically."""
+    payload = marshal.dumps(
+        [
+            (
+                r.key,
+                None if r.record is None else _record_tuple(r.record),
+                r.problem,
+                r.closure,
+                r.complete,
+            )
+            for r in results
+        ]
+    )
+    header = {
+        **_identity(settings),
+        "index_sha256": index_sha256,
+        "payload_sha256": hashlib.sha256(payload).hexdigest(),
+        "usage": None
+        if usage is None
+        else [usage.mountpoint, usage.used_bytes, usage.inodes_used, usage.timestamp_ns],
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, MAGIC + json.dumps(header).encode() + b"\n" + payload, mode=0o600)
+
+
+def load(
+    path: Path, settings: dict[str, str]
+) -> tuple[tuple[EntryResult, ...], str, FilesystemUsage | None]:
+    """(results, index sha256, usage) from a snapshot; raises SnapshotError."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise SnapshotError("no snapshot yet") from None
+    except OSError as exc:
+        raise SnapshotError(f"cannot read: {exc.strerror}") from None
+    if not data.startswith(MAGIC):
+        raise SnapshotError("not a crishim index snapshot")
+    end = data.find(b"\n", len(MAGIC))
+    if end < 0:
+        raise SnapshotError("truncated header")
+    try:
+        header = json.loads(data[len(MAGIC) : end])
+    except ValueError:
+        raise SnapshotError("corrupt header") from None
+    if not isinstance(header, dict):
+        raise SnapshotError("corrupt header")
+    for key, value in _identity(settings).items():
+        if header.get(key) != value:
+            raise SnapshotError(f"made with {key}={header.get(key)!r}, now {value!r}")
+    payload = memoryview(data)[end + 1 :]
+    if hashlib.sha256(payload).hexdigest() != header.get("payload_sha256"):
+        raise SnapshotError("payload does not match its checksum (truncated or corrupt)")
+    try:
+        raw = marshal.loads(payload)
+        results = tuple(
+            EntryResult(
+                key=_key(key),
+                record=None if rec is None else _record(rec),
+                problem=problem,
+                closure=tuple(closure),
+                complete=bool(complete),
+            )
+            for key, rec, problem, closure, complete in raw
+        )
+    except (ValueError, TypeError, EOFError) as exc:
+        raise SnapshotError(f"corrupt payload: {exc}") from None
+    usage_raw = header.get("usage")
+    usage = None
+    if isinstance(usage_raw, list) and len(usage_raw) == 4:
+        usage = FilesystemUsage(*usage_raw)
+    index_sha = header.get("index_sha256")
+    if not isinstance(index_sha, str):
+        raise SnapshotError("corrupt header")
+    return results, index_sha, usage
+
+
+def _key(raw: Any) -> EntryKey:
+    if not (isinstance(raw, tuple) and len(raw) == 3 and all(isinstance(x, str) for x in raw)):
+        raise TypeError("bad entry key")
+    return (raw[0], raw[1], raw[2])

@@ -1,0 +1,153 @@
+"""The gRPC server: socket lifecycle, health, signals, graceful stop.
+
+The serving model is grpcio's synchronous server on a small thread pool:
+ImageStatus is answered from memory, so a call is short and a thread pool
+of a few workers keeps the per-call overhead lowest on a 2-core node (see
+docs/architecture.md for the measurements).
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import signal
+import socket
+import stat
+import threading
+from collections.abc import Sequence
+from concurrent import futures
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from crishim.cri.runtime.v1 import api_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = "runtime.v1.ImageService"
+#: Longest path a unix socket address can hold on Linux (sun_path less the NUL).
+MAX_SOCKET_PATH = 107
+
+
+class SocketError(Exception):
+    """The socket cannot be created or is owned by a live server."""
+
+
+def prepare_socket_path(path: Path) -> None:
+    """Make the parent directory; replace a stale socket, never a live one."""
+    if len(os.fsencode(path)) > MAX_SOCKET_PATH:
+        raise SocketError(f"socket path {path} is longer than {MAX_SOCKET_PATH} bytes")
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o750)
+    try:
+        st = path.lstat()
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(st.st_mode):
+        raise SocketError(f"{path} exists and is not a socket; refusing to replace it")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(1.0)
+    try:
+        probe.connect(str(path))
+    except OSError as exc:
+        if exc.errno in (errno.ECONNREFUSED, errno.ENOENT):
+            log.info("removing stale socket %s", path)
+            path.unlink(missing_ok=True)
+            return
+        raise SocketError(f"cannot probe existing socket {path}: {exc.strerror}") from exc
+    finally:
+        probe.close()
+    raise SocketError(f"another server is listening on {path}; not taking it over")
+
+
+class Server:
+    """A started gRPC server bound to one unix socket."""
+
+    def __init__(
+        self,
+        servicer: api_pb2_grpc.ImageServiceServicer,
+        socket_path: Path,
+        *,
+        workers: int = 4,
+        max_recv_message_size: int = 16 * 1024 * 1024,
+        max_send_message_size: int = 16 * 1024 * 1024,
+        socket_mode: int = 0o660,
+        interceptors: Sequence[grpc.ServerInterceptor] = (),
+    ) -> None:
+        self.socket_path = socket_path
+        self.socket_mode = socket_mode
+        self.health = health.HealthServicer()
+        self._stopped = threading.Event()
+        self._socket_inode: int | None = None
+        self._grpc = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="crishim-rpc"),
+            interceptors=list(interceptors),
+            options=[
+                ("grpc.max_receive_message_length", max_recv_message_size),
+                ("grpc.max_send_message_length", max_send_message_size),
+                ("grpc.so_reuseport", 0),
+            ],
+        )
+        api_pb2_grpc.add_ImageServiceServicer_to_server(servicer, self._grpc)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self._grpc)
+
+    def start(self) -> None:
+        prepare_socket_path(self.socket_path)
+        try:
+            self._grpc.add_insecure_port(f"unix:{self.socket_path}")
+        except RuntimeError as exc:
+            raise SocketError(f"cannot listen on {self.socket_path}: {exc}") from exc
+        self._grpc.start()
+        os.chmod(self.socket_path, self.socket_mode)
+        self._socket_inode = self.socket_path.stat().st_ino
+        for name in ("", SERVICE_NAME):
+            self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        log.info("serving %s on unix://%s", SERVICE_NAME, self.socket_path)
+
+    def stop(self, grace: float) -> None:
+        """Stop accepting calls, let in-flight ones finish within ``grace`` seconds."""
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        self.health.enter_graceful_shutdown()
+        log.info("stopping: in-flight calls have %.1fs to finish", grace)
+        self._grpc.stop(grace).wait()
+        self._remove_socket()
+        log.info("stopped")
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return self._grpc.wait_for_termination(timeout)  # type: ignore[no-any-return]
+
+    def _remove_socket(self) -> None:
+        # Only remove the file we created: a successor may already own the path.
+        try:
+            if (
+                self._socket_inode is not None
+                and self.socket_path.stat().st_ino == self._socket_inode
+            ):
+                self.socket_path.unlink()
+        except FileNotFoundError:
+            pass
+
+
+def run_until_signalled(server: Server, grace: float) -> None:
+    """Serve until SIGTERM or SIGINT, then stop gracefully."""
+    stop = threading.Event()
+
+    def _on_signal(signum: int, frame: FrameType | None) -> None:
+        log.info("received %s", signal.Signals(signum).name)
+        stop.set()
+
+    previous: dict[signal.Signals, Any] = {}
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        previous[sig] = signal.signal(sig, _on_signal)
+    try:
+        while not stop.wait(3600):
+            pass
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        server.stop(grace)

@@ -1,0 +1,239 @@
+"""protobuf ⇄ domain model, and domain errors ⇄ gRPC status codes.
+
+This is the only module that knows the CRI messages. It parses references,
+asks the catalog, and builds responses; every error leaves here as a gRPC
+status with a message that names the problem, never as a crash.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import time
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+
+import grpc
+
+from crishim import errors, reference
+from crishim.catalog import Catalog
+from crishim.cri.runtime.v1 import api_pb2, api_pb2_grpc
+from crishim.model import Answer
+from crishim.reference import Reference
+from crishim.types import PullAuth, PullRequest
+
+log = logging.getLogger(__name__)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+_STATUS: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
+    (reference.ReferenceError, grpc.StatusCode.INVALID_ARGUMENT),
+    (errors.InvalidReference, grpc.StatusCode.INVALID_ARGUMENT),
+    (errors.AmbiguousReference, grpc.StatusCode.INVALID_ARGUMENT),
+    (errors.InvalidRequest, grpc.StatusCode.INVALID_ARGUMENT),
+    (errors.ImageNotFound, grpc.StatusCode.NOT_FOUND),
+    (errors.NotSupported, grpc.StatusCode.FAILED_PRECONDITION),
+    (errors.ReadOnly, grpc.StatusCode.FAILED_PRECONDITION),
+    (errors.Unavailable, grpc.StatusCode.UNAVAILABLE),
+    (errors.PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
+    (errors.Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
+    (errors.DeadlineExceeded, grpc.StatusCode.DEADLINE_EXCEEDED),
+    (errors.Cancelled, grpc.StatusCode.CANCELLED),
+    (errors.DataLoss, grpc.StatusCode.DATA_LOSS),
+    (errors.TooLarge, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (errors.BackendError, grpc.StatusCode.INTERNAL),
+    (errors.CrishimError, grpc.StatusCode.UNKNOWN),
+)
+
+#: StreamImages batches stay under this many bytes unless configured otherwise.
+DEFAULT_STREAM_BATCH_BYTES = 1024 * 1024
+
+
+def status_for(exc: Exception) -> grpc.StatusCode:
+    for kind, code in _STATUS:
+        if isinstance(exc, kind):
+            return code
+    return grpc.StatusCode.INTERNAL
+
+
+def _rpc(method: F) -> F:
+    """Turn domain errors into statuses; an unexpected error is INTERNAL, logged once."""
+
+    @functools.wraps(method)
+    def wrapper(self: ImageService, request: Any, context: grpc.ServicerContext) -> Any:
+        try:
+            return method(self, request, context)
+        except (errors.CrishimError, reference.ReferenceError) as exc:
+            context.abort(status_for(exc), str(exc))
+        except Exception:
+            log.exception("%s failed", method.__name__)
+            context.abort(
+                grpc.StatusCode.INTERNAL, f"{method.__name__}: internal error (see the server log)"
+            )
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _parse(text: str, what: str = "image reference") -> Reference:
+    if not text:
+        raise errors.InvalidReference(f"{what} is empty")
+    return reference.parse(text)
+
+
+def image_message(answer: Answer) -> api_pb2.Image:
+    """The CRI ``Image`` for a catalog answer."""
+    record = answer.record
+    uid, username = record.uid, record.username
+    image = api_pb2.Image(
+        id=record.id,
+        repo_tags=record.repo_tags,
+        repo_digests=record.repo_digests,
+        size=record.size,
+        username=username,
+        spec=api_pb2.ImageSpec(image=record.id, annotations=dict(record.annotations)),
+        pinned=answer.pinned,
+    )
+    if uid is not None:
+        image.uid.value = uid
+    return image
+
+
+def verbose_info(answer: Answer) -> dict[str, str]:
+    """``ImageStatusResponse.info`` for verbose calls: one JSON object under "info"."""
+    record = answer.record
+    info: dict[str, Any] = {
+        "imageSpec": dict(record.image_spec),
+        "chainID": record.chain_id,
+        "backend": answer.backend,
+        "source": record.source,
+        "manifestDigest": record.manifest_digest,
+        "manifestMediaType": record.manifest_media_type,
+    }
+    if record.extra:
+        info["extra"] = dict(record.extra)
+    return {"info": json.dumps(info, sort_keys=True, separators=(",", ":"))}
+
+
+class ImageService(api_pb2_grpc.ImageServiceServicer):
+    """The ``runtime.v1.ImageService`` servicer."""
+
+    def __init__(
+        self,
+        catalog: Catalog,
+        *,
+        max_send_message_size: int,
+        stream_batch_bytes: int = DEFAULT_STREAM_BATCH_BYTES,
+    ) -> None:
+        self.catalog = catalog
+        self.max_send_message_size = max_send_message_size
+        self.stream_batch_bytes = min(stream_batch_bytes, max_send_message_size // 2)
+
+    @_rpc
+    def ImageStatus(
+        self, request: api_pb2.ImageStatusRequest, context: grpc.ServicerContext
+    ) -> api_pb2.ImageStatusResponse:
+        ref = _parse(request.image.image)
+        answer = self.catalog.image_status(ref)
+        if answer is None:
+            return api_pb2.ImageStatusResponse()
+        response = api_pb2.ImageStatusResponse(image=image_message(answer))
+        if request.verbose:
+            response.info.update(verbose_info(answer))
+        return response
+
+    def _answers(self, request: Any) -> list[Answer]:
+        text = request.filter.image.image if request.HasField("filter") else ""
+        ref = _parse(text, "filter image reference") if text else None
+        return self.catalog.list_images(ref)
+
+    @_rpc
+    def ListImages(
+        self, request: api_pb2.ListImagesRequest, context: grpc.ServicerContext
+    ) -> api_pb2.ListImagesResponse:
+        response = api_pb2.ListImagesResponse(
+            images=[image_message(a) for a in self._answers(request)]
+        )
+        size = response.ByteSize()
+        if size > self.max_send_message_size:
+            raise errors.TooLarge(
+                f"ListImages answer of {len(response.images)} images is {size} bytes, over the "
+                f"{self.max_send_message_size}-byte message limit; use StreamImages"
+            )
+        return response
+
+    @_rpc
+    def StreamImages(
+        self, request: api_pb2.StreamImagesRequest, context: grpc.ServicerContext
+    ) -> Iterator[api_pb2.StreamImagesResponse]:
+        answers = self._answers(request)
+        return self._batches(answers)
+
+    def _batches(self, answers: list[Answer]) -> Iterator[api_pb2.StreamImagesResponse]:
+        limit = self.stream_batch_bytes
+        batch: list[api_pb2.Image] = []
+        size = 0
+        for answer in answers:
+            image = image_message(answer)
+            # 1 tag byte + a length prefix of up to 5 bytes per repeated entry
+            cost = image.ByteSize() + 6
+            if batch and size + cost > limit:
+                yield api_pb2.StreamImagesResponse(images=batch)
+                batch, size = [], 0
+            batch.append(image)
+            size += cost
+        if batch:
+            yield api_pb2.StreamImagesResponse(images=batch)
+
+    @_rpc
+    def PullImage(
+        self, request: api_pb2.PullImageRequest, context: grpc.ServicerContext
+    ) -> api_pb2.PullImageResponse:
+        ref = _parse(request.image.image)
+        remaining = context.time_remaining()
+        auth = None
+        if request.HasField("auth"):
+            a = request.auth
+            auth = PullAuth(
+                username=a.username,
+                password=a.password,
+                auth=a.auth,
+                server_address=a.server_address,
+                identity_token=a.identity_token,
+                registry_token=a.registry_token,
+            )
+        pull = PullRequest(
+            ref=ref,
+            auth=auth,
+            deadline=None if remaining is None else time.monotonic() + remaining,
+            cancelled=lambda: not context.is_active(),
+            annotations=dict(request.image.annotations),
+        )
+        answer = self.catalog.pull_image(pull)
+        return api_pb2.PullImageResponse(image_ref=answer.record.id)
+
+    @_rpc
+    def RemoveImage(
+        self, request: api_pb2.RemoveImageRequest, context: grpc.ServicerContext
+    ) -> api_pb2.RemoveImageResponse:
+        ref = _parse(request.image.image)
+        removed = self.catalog.remove_image(ref)
+        if removed is not None:
+            log.info("removed image %s (%s)", removed.record.id, ref.raw)
+        return api_pb2.RemoveImageResponse()
+
+    @_rpc
+    def ImageFsInfo(
+        self, request: api_pb2.ImageFsInfoRequest, context: grpc.ServicerContext
+    ) -> api_pb2.ImageFsInfoResponse:
+        now = time.time_ns()
+        filesystems = [
+            api_pb2.FilesystemUsage(
+                timestamp=usage.timestamp_ns or now,
+                fs_id=api_pb2.FilesystemIdentifier(mountpoint=usage.mountpoint),
+                used_bytes=api_pb2.UInt64Value(value=usage.used_bytes),
+                inodes_used=api_pb2.UInt64Value(value=usage.inodes_used),
+            )
+            for usage in self.catalog.filesystem_usage()
+        ]
+        return api_pb2.ImageFsInfoResponse(image_filesystems=filesystems)

@@ -1,0 +1,202 @@
+"""What plugins give crishim and what crishim gives plugins.
+
+A plugin module implements the ``crishim_backend_types`` hook (see
+:mod:`crishim.hookspecs`) and returns :class:`BackendType` values. The
+container validates each configured instance's ``options`` with the type's
+``options_model`` and calls ``factory(context, options)`` once per instance;
+the returned object must follow the :class:`Backend` protocol. Subclassing
+:class:`IndexedBackend` gives the lookups for free: build
+:class:`~crishim.model.ImageRecord` objects, hand them to ``publish``.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+from pydantic import BaseModel, ConfigDict
+
+from crishim.errors import NotSupported
+from crishim.index import ImageIndex
+from crishim.model import FilesystemUsage, ImageRecord, Platform
+from crishim.reference import Reference
+
+
+class BackendOptions(BaseModel):
+    """Base for a backend type's options; unknown keys are config errors."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+@dataclass(frozen=True)
+class BackendContext:
+    """What crishim tells a backend instance about where it runs."""
+
+    #: The instance name from the config file (unique).
+    name: str
+    #: The platform image indexes are resolved to.
+    platform: Platform
+    #: The directory of the config file; relative paths in options resolve here.
+    config_dir: Path
+    #: A directory of this instance's own for persistent state (snapshots,
+    #: stores); created by the backend when it first needs it. None when the
+    #: backend runs without state (some tests).
+    state_dir: Path | None = None
+
+    def resolve_path(self, path: str | Path) -> Path:
+        """An option path made absolute against the config file's directory."""
+        p = Path(path).expanduser()
+        return p if p.is_absolute() else (self.config_dir / p)
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """One configured backend instance, as the catalog calls it.
+
+    Lookups (``get_image``, ``match_id_prefix``) run on every ImageStatus
+    call from many threads at once: answer from memory, never from disk or
+    network. ``start`` runs once before the server accepts calls and may do
+    I/O; ``close`` runs once at shutdown.
+    """
+
+    def start(self) -> None: ...
+
+    def close(self) -> None: ...
+
+    def get_image(self, ref: Reference) -> ImageRecord | None:
+        """The image a NAME or ID reference names, or None when unknown."""
+        ...
+
+    def match_id_prefix(self, prefix: str) -> Sequence[str]:
+        """Full IDs starting with ``prefix`` (hex, no ``sha256:``); two are enough."""
+        ...
+
+    def list_images(self) -> Iterable[ImageRecord]:
+        """Every image this backend serves, once each."""
+        ...
+
+    def filesystem_usage(self) -> Sequence[FilesystemUsage]:
+        """What the backend's store occupies, per filesystem; no walk per call."""
+        ...
+
+    def remove_image(self, record: ImageRecord) -> None:
+        """Remove every name of the image; raise NotSupported or ReadOnly if refused."""
+        ...
+
+
+@dataclass(frozen=True)
+class PullAuth:
+    """Credentials from ``PullImageRequest.auth``; never logged or shown.
+
+    ``repr()`` names which fields are set, not their values.
+    """
+
+    username: str = ""
+    password: str = ""
+    #: base64 of ``user:password``
+    auth: str = ""
+    server_address: str = ""
+    identity_token: str = ""
+    registry_token: str = ""
+
+    def __repr__(self) -> str:
+        present = [f for f in self.__dataclass_fields__ if getattr(self, f)]
+        return f"PullAuth(<{', '.join(present) or 'empty'}>)"
+
+    __str__ = __repr__
+
+    def __bool__(self) -> bool:
+        return any(getattr(self, f) for f in self.__dataclass_fields__)
+
+
+@dataclass(frozen=True)
+class PullRequest:
+    """One PullImage call, as a pulling backend receives it."""
+
+    ref: Reference
+    auth: PullAuth | None = None
+    #: ``time.monotonic()`` value by which the pull must be done, or None.
+    deadline: float | None = None
+    #: Returns True once the caller has gone away (cancelled, disconnected).
+    cancelled: Callable[[], bool] = field(default=lambda: False, compare=False)
+    #: Annotations from the request's ImageSpec.
+    annotations: Mapping[str, str] = field(default_factory=dict)
+
+
+@runtime_checkable
+class Puller(Protocol):
+    """A backend that can pull: the catalog asks the first one configured.
+
+    ``pull_image`` fetches the image the reference names into the backend's
+    store and returns its record once it is visible (all blobs committed).
+    It raises the domain errors of :mod:`crishim.errors`: ImageNotFound,
+    PermissionDenied/Unauthenticated, Unavailable, DataLoss,
+    DeadlineExceeded/Cancelled.
+    """
+
+    def pull_image(self, request: PullRequest) -> ImageRecord: ...
+
+
+@dataclass(frozen=True)
+class BackendType:
+    """A kind of backend a plugin offers, e.g. ``oci-dir``."""
+
+    #: The ``type`` used in the config file.
+    name: str
+    #: Called once per configured instance: ``factory(context, options)``.
+    factory: Callable[[BackendContext, Any], Backend]
+    #: Validates the instance's ``options`` mapping.
+    options_model: type[BackendOptions] = BackendOptions
+    description: str = ""
+    #: Filled in by crishim: the distribution that registered the type.
+    package: str = field(default="", compare=False)
+    version: str = field(default="", compare=False)
+
+
+class IndexedBackend:
+    """A backend that answers from an :class:`ImageIndex` it publishes.
+
+    Subclasses implement :meth:`start` to build records and call
+    :meth:`publish`; lookups, listing and the Backend protocol's defaults
+    come from here. ``publish`` may be called again at any time from any
+    thread: readers see the old index or the new one.
+    """
+
+    def __init__(self, context: BackendContext) -> None:
+        self.context = context
+        self.name = context.name
+        self._index = ImageIndex()
+        self._publish_lock = threading.Lock()
+
+    @property
+    def index(self) -> ImageIndex:
+        return self._index
+
+    def publish(self, records: Iterable[ImageRecord] | ImageIndex) -> None:
+        index = records if isinstance(records, ImageIndex) else ImageIndex(records)
+        with self._publish_lock:
+            self._index = index
+
+    def start(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def get_image(self, ref: Reference) -> ImageRecord | None:
+        return self._index.get(ref)
+
+    def match_id_prefix(self, prefix: str) -> Sequence[str]:
+        return self._index.match_id_prefix(prefix)
+
+    def list_images(self) -> Iterable[ImageRecord]:
+        return iter(self._index)
+
+    def filesystem_usage(self) -> Sequence[FilesystemUsage]:
+        return ()
+
+    def remove_image(self, record: ImageRecord) -> None:
+        raise NotSupported(f"backend {self.name!r} does not remove images")

@@ -1,0 +1,321 @@
+"""The ``oci-dir`` backend: an in-memory index over one OCI image layout.
+
+* Start-up: a persisted snapshot whose ``index.json`` checksum still
+  matches is served at once; otherwise the layout is scanned (reusing the
+  snapshot's entries where they still appear).
+* Live: a watcher thread (watchfiles, with a periodic check of
+  ``index.json``'s identity as the safety net) re-scans when ``index.json``
+  changes. Re-scans are incremental: entries seen before are reused. The
+  new index replaces the old in one assignment.
+* Removal: every ``index.json`` entry naming the image is dropped (write
+  aside, fsync, rename), then the blobs only those entries referenced are
+  deleted, synchronously.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from pydantic import Field, field_validator
+
+from crishim import reference
+from crishim.errors import BackendError, ReadOnly
+from crishim.model import FilesystemUsage, ImageRecord
+from crishim.oci import snapshot
+from crishim.oci.layout import BrokenEntry, EntryKey, EntryResult, Layout, Scan, measure
+from crishim.types import BackendContext, BackendOptions, IndexedBackend
+
+log = logging.getLogger(__name__)
+
+SNAPSHOT_FILE = "oci-dir-index.snapshot"
+
+
+class OciDirOptions(BackendOptions):
+    #: The layout directory (holding ``oci-layout``, ``index.json``, ``blobs/``).
+    path: str
+    #: Repository for ``org.opencontainers.image.ref.name`` values that are a
+    #: bare tag (``v1.0``): they become ``<repository>:<tag>``.
+    repository: str = ""
+    #: Refuse removals (FAILED_PRECONDITION).
+    read_only: bool = False
+    #: Watch the layout and re-index when ``index.json`` changes.
+    watch: bool = True
+    #: Seconds between safety-net checks of ``index.json`` (also when not watching).
+    rescan_interval: float = Field(default=30.0, gt=0)
+    #: Keep a snapshot of the index under the state directory for fast restarts.
+    snapshot: bool = True
+
+    @field_validator("repository")
+    @classmethod
+    def _repository(cls, value: str) -> str:
+        if not value:
+            return value
+        try:
+            ref = reference.parse(value)
+        except reference.ReferenceError as exc:
+            raise ValueError(str(exc)) from exc
+        if ref.kind is not reference.RefKind.NAME or ref.digest or ":" in value.rpartition("/")[2]:
+            raise ValueError("must be a repository name without tag or digest")
+        return ref.repository
+
+
+def _identity(path: Path) -> tuple[int, int, int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+class OciDirBackend(IndexedBackend):
+    """Serves the images of one OCI image-layout directory from memory."""
+
+    def __init__(self, context: BackendContext, options: OciDirOptions) -> None:
+        super().__init__(context)
+        self.options = options
+        self.root: Path = context.resolve_path(options.path)
+        self.layout = Layout(self.root, context.platform, options.repository)
+        self.snapshot_path = (
+            None if context.state_dir is None else context.state_dir / SNAPSHOT_FILE
+        )
+        self._settings = {
+            "root": str(self.root),
+            "platform": str(context.platform),
+            "repository": options.repository,
+        }
+        self._results: tuple[EntryResult, ...] = ()
+        self._index_identity: tuple[int, int, int] | None = None
+        self._usage: tuple[FilesystemUsage, ...] = ()
+        self._lock = threading.RLock()  # one re-scan or write at a time
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        #: Bumped on every published index; tests and tools wait on it.
+        self.generation = 0
+
+    # -- lifecycle -------------------------------------------------------
+
+    def start(self) -> None:
+        if not self.root.is_dir():
+            raise BackendError(self.name, f"layout directory {self.root} does not exist")
+        started = time.monotonic()
+        seed = self._load_snapshot()
+        if seed is None or not self._serve_snapshot(seed):
+            self.refresh(previous=None if seed is None else seed[0])
+        log.info(
+            "backend %s: ready with %d images in %.2fs",
+            self.name,
+            len(self.index),
+            time.monotonic() - started,
+        )
+        if not self._usage:
+            self._measure()
+        self._spawn(self._watch_loop, "watch")
+
+    def close(self) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=5)
+
+    def _spawn(self, target: object, what: str) -> None:
+        thread = threading.Thread(target=target, name=f"{self.name}-{what}", daemon=True)  # type: ignore[arg-type]
+        self._threads.append(thread)
+        thread.start()
+
+    # -- snapshot --------------------------------------------------------
+
+    def _load_snapshot(self) -> tuple[tuple[EntryResult, ...], str, FilesystemUsage | None] | None:
+        if not self.options.snapshot or self.snapshot_path is None:
+            return None
+        try:
+            return snapshot.load(self.snapshot_path, self._settings)
+        except snapshot.SnapshotError as exc:
+            level = logging.DEBUG if "no snapshot yet" in str(exc) else logging.WARNING
+            log.log(
+                level, "backend %s: snapshot %s not used: %s", self.name, self.snapshot_path, exc
+            )
+            return None
+
+    def _serve_snapshot(
+        self, seed: tuple[tuple[EntryResult, ...], str, FilesystemUsage | None]
+    ) -> bool:
+        """Publish the snapshot if index.json is the one it was made from."""
+        results, index_sha, usage = seed
+        identity = _identity(self.layout.index_path)
+        try:
+            self.layout.check_marker()
+            data = self.layout.read_index_bytes()
+        except BrokenEntry:
+            return False
+        if hashlib.sha256(data).hexdigest() != index_sha:
+            log.info("backend %s: snapshot is stale; re-indexing incrementally", self.name)
+            return False
+        with self._lock:
+            self._index_identity = identity
+            self._install(results)
+            if usage is not None:
+                self._usage = (usage,)
+        log.info("backend %s: served from snapshot (%d entries)", self.name, len(results))
+        self._spawn(self._measure, "measure")
+        return True
+
+    def _save_snapshot(self, scan: Scan) -> None:
+        if not self.options.snapshot or self.snapshot_path is None:
+            return
+        try:
+            usage = self._usage[0] if self._usage else None
+            snapshot.save(
+                self.snapshot_path, scan.results, scan.index_sha256, self._settings, usage
+            )
+        except OSError as exc:
+            log.warning(
+                "backend %s: cannot write snapshot %s: %s", self.name, self.snapshot_path, exc
+            )
+
+    # -- indexing --------------------------------------------------------
+
+    def _install(self, results: tuple[EntryResult, ...]) -> None:
+        self._results = results
+        self.publish(r.record for r in results if r.record is not None)
+        self.generation += 1
+
+    def refresh(self, previous: tuple[EntryResult, ...] | None = None) -> None:
+        """Re-read the layout (reusing known entries) and swap in the new index."""
+        with self._lock:
+            identity = _identity(self.layout.index_path)
+            known = {r.key: r for r in (self._results if previous is None else previous)}
+            started = time.monotonic()
+            try:
+                scan = self.layout.scan(known)
+            except BrokenEntry as exc:
+                log.error("backend %s: %s; serving no images from it", self.name, exc)
+                self._index_identity = identity
+                self._install(())
+                return
+            self._index_identity = identity
+            for result in scan.results:
+                if result.problem and result.key not in known:
+                    log.warning(
+                        "backend %s: skipped entry %s: %s", self.name, result.key[0], result.problem
+                    )
+            self._install(scan.results)
+            log.info(
+                "backend %s: %d images from %s in %.2fs (%d entries reused, %d skipped)",
+                self.name,
+                len(self.index),
+                self.root,
+                time.monotonic() - started,
+                scan.reused,
+                sum(1 for r in scan.results if r.record is None),
+            )
+            self._save_snapshot(scan)
+
+    def _changed(self) -> bool:
+        return _identity(self.layout.index_path) != self._index_identity
+
+    def _watch_loop(self) -> None:
+        interval_ms = int(self.options.rescan_interval * 1000)
+        if self.options.watch:
+            try:
+                import watchfiles
+
+                for _ in watchfiles.watch(
+                    self.root,
+                    watch_filter=lambda change, path: os.path.basename(path) == "index.json",
+                    debounce=200,
+                    step=50,
+                    stop_event=self._stop,
+                    rust_timeout=interval_ms,
+                    yield_on_timeout=True,
+                    recursive=False,
+                    raise_interrupt=False,
+                ):
+                    self._refresh_if_changed()
+                return
+            except Exception:
+                if self._stop.is_set():
+                    return
+                log.exception("backend %s: watcher failed; falling back to polling", self.name)
+        while not self._stop.wait(self.options.rescan_interval):
+            self._refresh_if_changed()
+
+    def _refresh_if_changed(self) -> None:
+        if self._stop.is_set() or not self._changed():
+            return
+        try:
+            self.refresh()
+            self._measure()
+        except Exception:
+            log.exception(
+                "backend %s: re-index failed; still serving the previous index", self.name
+            )
+
+    def _measure(self) -> None:
+        try:
+            self._usage = (measure(self.root),)
+        except OSError as exc:
+            log.warning("backend %s: cannot measure %s: %s", self.name, self.root, exc)
+
+    # -- calls -----------------------------------------------------------
+
+    def filesystem_usage(self) -> Sequence[FilesystemUsage]:
+        return self._usage
+
+    def remove_image(self, record: ImageRecord) -> None:
+        if self.options.read_only:
+            raise ReadOnly(f"backend {self.name!r} is read-only; cannot remove {record.id}")
+        with self._lock:
+            if self._changed():
+                self.refresh()
+            doomed = [r for r in self._results if r.record is not None and r.record.id == record.id]
+            if not doomed:
+                return
+            keys: set[EntryKey] = {r.key for r in doomed}
+            try:
+                self.layout.remove_entries(keys)
+            except BrokenEntry as exc:
+                raise BackendError(self.name, str(exc)) from exc
+            remaining = tuple(r for r in self._results if r.key not in keys)
+            self._index_identity = _identity(self.layout.index_path)
+            self._install(remaining)
+            deleted = self._collect(doomed, remaining)
+            log.info(
+                "backend %s: removed %s (%d index entries, %d blobs)",
+                self.name,
+                record.id,
+                len(keys),
+                deleted,
+            )
+            with contextlib.suppress(BrokenEntry, OSError):
+                data = self.layout.read_index_bytes()
+                self._save_snapshot(
+                    Scan(remaining, hashlib.sha256(data).hexdigest(), len(remaining))
+                )
+        self._spawn(self._measure, "measure")
+
+    def _collect(self, doomed: Sequence[EntryResult], remaining: Sequence[EntryResult]) -> int:
+        """Delete the blobs only the removed entries kept alive."""
+        incomplete = [r for r in remaining if not r.complete]
+        if incomplete:
+            log.warning(
+                "backend %s: not deleting blobs: %d remaining entries cannot be fully read "
+                "(first: %s), so their blobs are unknown",
+                self.name,
+                len(incomplete),
+                incomplete[0].key[0],
+            )
+            return 0
+        candidates: set[str] = set()
+        for result in doomed:
+            candidates.update(result.closure)
+        for result in remaining:
+            candidates.difference_update(result.closure)
+            if not candidates:
+                return 0
+        return self.layout.delete_blobs(candidates)
