@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
+from opentelemetry import trace
 from pydantic import BaseModel, ConfigDict
 
 from crishim.errors import NotSupported
@@ -45,6 +46,10 @@ class BackendContext:
     #: stores); created by the backend when it first needs it. None when the
     #: backend runs without state (some tests).
     state_dir: Path | None = None
+    #: Where a plugin gets tracers for spans of its own (OpenTelemetry API
+    #: only: ``context.tracer_provider.get_tracer(__name__)``). A no-op
+    #: provider unless tracing is configured.
+    tracer_provider: trace.TracerProvider = field(default_factory=trace.NoOpTracerProvider)
 
     def resolve_path(self, path: str | Path) -> Path:
         """An option path made absolute against the config file's directory."""
