@@ -205,8 +205,13 @@ class Catalog:
         return self._first(_id_ref(ids.pop()))
 
     def _answer(self, record: ImageRecord, backend: str) -> Answer:
-        pinned = bool(self.pinned) and self.pinned.is_pinned(record)
-        return Answer(record, backend, pinned)
+        """The Answer for a record, made once per (record, backend) and kept."""
+        answer: Answer | None = record.cache.get(backend)
+        if answer is None:
+            pinned = bool(self.pinned) and self.pinned.is_pinned(record)
+            answer = Answer(record, backend, pinned)
+            record.cache[backend] = answer
+        return answer
 
     def _call(self, handle: BackendHandle, what: str, fn: Callable[[Backend], T]) -> T | None:
         try:

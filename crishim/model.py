@@ -111,7 +111,8 @@ class ImageRecord:
     #: Backend-specific facts for verbose info; plain strings.
     extra: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
 
-    #: Opaque per-record cache for the service layer (ready answers); not
+    #: Opaque per-record cache for the catalog and service layers (answers,
+    #: verdicts); keys are private objects or backend names. Not
     #: part of the record's identity. Dies with the record.
     cache: dict[Any, Any] = field(default_factory=dict, init=False, compare=False, repr=False)
 
@@ -142,10 +143,17 @@ class FilesystemUsage:
     timestamp_ns: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, eq=False)
 class Answer:
-    """An image as the catalog answers it: the record and who gave it."""
+    """An image as the catalog answers it: the record and who gave it.
+
+    The catalog keeps one Answer per (record, backend), so whatever the
+    service layer derives from it (``wire``: the serialized reply) is
+    computed once per image, not once per call.
+    """
 
     record: ImageRecord
     backend: str
     pinned: bool = False
+    #: Opaque, filled by the service layer: the ready non-verbose reply.
+    wire: bytes | None = field(default=None, repr=False)

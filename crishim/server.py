@@ -24,7 +24,7 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from crishim.cri.runtime.v1 import api_pb2_grpc
+from crishim.service import ImageService, add_image_service
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ class Server:
 
     def __init__(
         self,
-        servicer: api_pb2_grpc.ImageServiceServicer,
+        servicer: ImageService,
         socket_path: Path,
         *,
         workers: int = 4,
@@ -91,7 +91,7 @@ class Server:
                 ("grpc.so_reuseport", 0),
             ],
         )
-        api_pb2_grpc.add_ImageServiceServicer_to_server(servicer, self._grpc)
+        add_image_service(servicer, self._grpc)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._grpc)
 
     def start(self) -> None:

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import grpc
+from google.protobuf.message import Message
 
 from crishim import errors, reference
 from crishim.catalog import Catalog
@@ -99,6 +100,57 @@ def image_message(answer: Answer) -> api_pb2.Image:
     return image
 
 
+def _serialize(message: Any) -> bytes:
+    """Response serializer that lets ready answers (bytes) through unchanged."""
+    if type(message) is bytes:
+        return message
+    return message.SerializeToString()  # type: ignore[no-any-return]
+
+
+def image_status_bytes(answer: Answer) -> bytes:
+    """The serialized non-verbose ImageStatusResponse, kept per record.
+
+    Records are immutable, so the answer is built once per (record,
+    backend, pinned) and reused. The encoding of ``ImageStatusResponse``
+    with only ``image`` (field 1) set is byte-for-byte one entry of the
+    ``repeated Image images = 1`` field of ListImagesResponse and
+    StreamImagesResponse, so lists are built by joining these.
+    """
+    data = answer.wire
+    if data is None:
+        data = api_pb2.ImageStatusResponse(image=image_message(answer)).SerializeToString()
+        answer.wire = data
+    return data
+
+
+_EMPTY_STATUS = api_pb2.ImageStatusResponse().SerializeToString()
+
+
+def add_image_service(servicer: ImageService, server: grpc.Server) -> None:
+    """Register the servicer with serializers that accept ready answers."""
+    methods: dict[str, tuple[Callable[..., Any], type[Message]]] = {
+        "ListImages": (grpc.unary_unary_rpc_method_handler, api_pb2.ListImagesRequest),
+        "StreamImages": (grpc.unary_stream_rpc_method_handler, api_pb2.StreamImagesRequest),
+        "ImageStatus": (grpc.unary_unary_rpc_method_handler, api_pb2.ImageStatusRequest),
+        "PullImage": (grpc.unary_unary_rpc_method_handler, api_pb2.PullImageRequest),
+        "RemoveImage": (grpc.unary_unary_rpc_method_handler, api_pb2.RemoveImageRequest),
+        "ImageFsInfo": (grpc.unary_unary_rpc_method_handler, api_pb2.ImageFsInfoRequest),
+    }
+    handlers = {
+        name: make(
+            getattr(servicer, name),
+            request_deserializer=request.FromString,
+            response_serializer=_serialize,
+        )
+        for name, (make, request) in methods.items()
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
+    server.add_registered_method_handlers(SERVICE, handlers)
+
+
+SERVICE = "runtime.v1.ImageService"
+
+
 def verbose_info(answer: Answer) -> dict[str, str]:
     """``ImageStatusResponse.info`` for verbose calls: one JSON object under "info"."""
     record = answer.record
@@ -132,14 +184,15 @@ class ImageService(api_pb2_grpc.ImageServiceServicer):
     @_rpc
     def ImageStatus(
         self, request: api_pb2.ImageStatusRequest, context: grpc.ServicerContext
-    ) -> api_pb2.ImageStatusResponse:
+    ) -> api_pb2.ImageStatusResponse | bytes:
         ref = _parse(request.image.image)
         answer = self.catalog.image_status(ref)
         if answer is None:
-            return api_pb2.ImageStatusResponse()
+            return _EMPTY_STATUS
+        if not request.verbose:
+            return image_status_bytes(answer)
         response = api_pb2.ImageStatusResponse(image=image_message(answer))
-        if request.verbose:
-            response.info.update(verbose_info(answer))
+        response.info.update(verbose_info(answer))
         return response
 
     def _answers(self, request: Any) -> list[Answer]:
@@ -150,40 +203,41 @@ class ImageService(api_pb2_grpc.ImageServiceServicer):
     @_rpc
     def ListImages(
         self, request: api_pb2.ListImagesRequest, context: grpc.ServicerContext
-    ) -> api_pb2.ListImagesResponse:
-        response = api_pb2.ListImagesResponse(
-            images=[image_message(a) for a in self._answers(request)]
-        )
-        size = response.ByteSize()
-        if size > self.max_send_message_size:
+    ) -> bytes:
+        answers = self._answers(request)
+        data = b"".join([image_status_bytes(a) for a in answers])
+        if len(data) > self.max_send_message_size:
             raise errors.TooLarge(
-                f"ListImages answer of {len(response.images)} images is {size} bytes, over the "
+                f"ListImages answer of {len(answers)} images is {len(data)} bytes, over the "
                 f"{self.max_send_message_size}-byte message limit; use StreamImages"
             )
-        return response
+        return data
 
     @_rpc
     def StreamImages(
         self, request: api_pb2.StreamImagesRequest, context: grpc.ServicerContext
-    ) -> Iterator[api_pb2.StreamImagesResponse]:
+    ) -> Iterator[bytes]:
         answers = self._answers(request)
         return self._batches(answers)
 
-    def _batches(self, answers: list[Answer]) -> Iterator[api_pb2.StreamImagesResponse]:
+    def _batches(self, answers: list[Answer]) -> Iterator[bytes]:
+        """StreamImagesResponse messages (serialized) of at most the batch limit.
+
+        Every image is in exactly one batch; an image larger than the limit
+        on its own travels alone (still within the message size limit).
+        """
         limit = self.stream_batch_bytes
-        batch: list[api_pb2.Image] = []
+        batch: list[bytes] = []
         size = 0
         for answer in answers:
-            image = image_message(answer)
-            # 1 tag byte + a length prefix of up to 5 bytes per repeated entry
-            cost = image.ByteSize() + 6
-            if batch and size + cost > limit:
-                yield api_pb2.StreamImagesResponse(images=batch)
+            entry = image_status_bytes(answer)
+            if batch and size + len(entry) > limit:
+                yield b"".join(batch)
                 batch, size = [], 0
-            batch.append(image)
-            size += cost
+            batch.append(entry)
+            size += len(entry)
         if batch:
-            yield api_pb2.StreamImagesResponse(images=batch)
+            yield b"".join(batch)
 
     @_rpc
     def PullImage(

@@ -2,9 +2,10 @@
 
 A crash at any point leaves the old file or the new one, never a mix. For
 crash tests, the environment variable ``CRISHIM_FAULT`` names a point at
-which the process kills itself with SIGKILL (``atomic:before-rename``,
-``atomic:after-rename``); it is read on every write, costs nothing else,
-and is documented as a test hook.
+which the process kills itself with SIGKILL (``<what>:before-rename``,
+``<what>:after-rename``, where ``what`` is the ``fault`` name a caller
+gives, e.g. ``index`` for index.json updates); it is read on every write,
+costs nothing else, and is documented as a test hook.
 """
 
 from __future__ import annotations
@@ -32,7 +33,12 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
+def stale_temp_files(directory: Path, name: str) -> list[Path]:
+    """Temp files an interrupted :func:`atomic_write` of ``name`` left behind."""
+    return sorted(directory.glob(f".{name}.*.tmp"))
+
+
+def atomic_write(path: Path, data: bytes, mode: int = 0o644, fault: str = "atomic") -> None:
     """Replace ``path`` with ``data`` atomically and durably."""
     directory = path.parent
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
@@ -42,11 +48,11 @@ def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
             f.flush()
             os.fchmod(f.fileno(), mode)
             os.fsync(f.fileno())
-        fault_point("atomic:before-rename")
+        fault_point(f"{fault}:before-rename")
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
-    fault_point("atomic:after-rename")
+    fault_point(f"{fault}:after-rename")
     fsync_dir(directory)

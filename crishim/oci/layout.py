@@ -40,7 +40,7 @@ from typing import Any
 
 from crishim import reference
 from crishim.model import FilesystemUsage, ImageRecord, Platform
-from crishim.oci.atomic import atomic_write, fsync_dir
+from crishim.oci.atomic import atomic_write, fsync_dir, stale_temp_files
 
 log = logging.getLogger(__name__)
 
@@ -426,8 +426,18 @@ class Layout:
         removed = len(manifests) - len(kept)
         if removed:
             index["manifests"] = kept
-            atomic_write(self.index_path, json.dumps(index, separators=(",", ":")).encode())
+            atomic_write(
+                self.index_path, json.dumps(index, separators=(",", ":")).encode(), fault="index"
+            )
         return removed
+
+    def clean_temp_files(self) -> int:
+        """Remove what an interrupted index.json update left behind."""
+        count = 0
+        for path in stale_temp_files(self.root, "index.json"):
+            path.unlink(missing_ok=True)
+            count += 1
+        return count
 
     def delete_blobs(self, digests: Iterable[str]) -> int:
         """Delete these blobs (those that exist); returns the count deleted."""

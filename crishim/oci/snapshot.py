@@ -112,7 +112,8 @@ def save(
         else [usage.mountpoint, usage.used_bytes, usage.inodes_used, usage.timestamp_ns],
     }
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, MAGIC + json.dumps(header).encode() + b"\n" + payload, mode=0o600)
+    data = MAGIC + json.dumps(header).encode() + b"\n" + payload
+    atomic_write(path, data, mode=0o600, fault="snapshot")
 
 
 def load(

@@ -105,6 +105,10 @@ class OciDirBackend(IndexedBackend):
         if not self.root.is_dir():
             raise BackendError(self.name, f"layout directory {self.root} does not exist")
         started = time.monotonic()
+        if not self.options.read_only:
+            cleaned = self.layout.clean_temp_files()
+            if cleaned:
+                log.info("backend %s: removed %d stale index.json temp files", self.name, cleaned)
         seed = self._load_snapshot()
         if seed is None or not self._serve_snapshot(seed):
             self.refresh(previous=None if seed is None else seed[0])
