@@ -83,6 +83,37 @@ def wait_first_answer(sock: Path, proc: subprocess.Popen[bytes], ref: str, timeo
     raise RuntimeError("server did not answer in time")
 
 
+def live_latency(sock: Path, layout: Path) -> dict[str, float]:
+    """Seconds from an index.json change to ImageStatus seeing it (add, then remove)."""
+    index_path = layout / "index.json"
+    original = index_path.read_bytes()
+    index = json.loads(original)
+    entry = dict(index["manifests"][0])
+    entry["annotations"] = {"org.opencontainers.image.ref.name": "bench.example/live:added"}
+    request = api_pb2.ImageStatusRequest(image=api_pb2.ImageSpec(image="bench.example/live:added"))
+    out = {}
+    with grpc.insecure_channel(f"unix:{sock}") as channel:
+        stub = api_pb2_grpc.ImageServiceStub(channel)
+        for what, data, want in (
+            (
+                "add_s",
+                json.dumps({**index, "manifests": [*index["manifests"], entry]}).encode(),
+                True,
+            ),
+            ("remove_s", original, False),
+        ):
+            tmp = layout / ".index.json.bench.tmp"
+            tmp.write_bytes(data)
+            started = time.monotonic()
+            os.replace(tmp, index_path)
+            while stub.ImageStatus(request, timeout=10).HasField("image") != want:
+                if time.monotonic() - started > 60:
+                    raise RuntimeError(f"live {what} not seen in 60 s")
+                time.sleep(0.005)
+            out[what] = time.monotonic() - started
+    return out
+
+
 def start_crishim(config: Path, sock: Path, ref: str) -> tuple[subprocess.Popen[bytes], float]:
     started = time.monotonic()
     proc = subprocess.Popen(
@@ -153,6 +184,7 @@ def bench_size(size: int, work: Path, quick: bool) -> dict[str, Any]:
         result["list"] = client(sock, "list", 1, reps, hits)
         result["stream"] = client(sock, "stream", 1, reps, hits)
         result.update(_rss_mb(proc.pid))
+        result["live"] = live_latency(sock, layout)
     finally:
         stop(proc)
 
@@ -205,8 +237,8 @@ def table(results: list[dict[str, Any]]) -> str:
     lines += [
         "",
         "| images | first start s | restart s (snapshot) | cold cache | ListImages ms | "
-        "StreamImages ms | RSS MB | peak RSS MB |",
-        "| ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: |",
+        "StreamImages ms | RSS MB | peak RSS MB | live add s | live remove s |",
+        "| ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in results:
         lst, stream = r["list"], r["stream"]
@@ -214,7 +246,8 @@ def table(results: list[dict[str, Any]]) -> str:
         lines.append(
             f"| {r['images']} | {r['first_start_s']:.2f} | {r['restart_s']:.2f} | "
             f"{'yes' if r['restart_cold_cache'] else 'no (not permitted)'} | {list_ms} | "
-            f"{stream['p50_us'] / 1000:.0f} | {r['rss_mb']:.0f} | {r['peak_rss_mb']:.0f} |"
+            f"{stream['p50_us'] / 1000:.0f} | {r['rss_mb']:.0f} | {r['peak_rss_mb']:.0f} | "
+            f"{r['live']['add_s']:.2f} | {r['live']['remove_s']:.2f} |"
         )
     return "\n".join(lines)
 

@@ -20,7 +20,7 @@ from crishim.reference import Reference, RefKind
 class ImageIndex:
     """Images by ID, by ``name:tag``, by ``name@digest`` and by ID prefix."""
 
-    __slots__ = ("_by_digest", "_by_id", "_by_tag", "_sorted_hex")
+    __slots__ = ("_by_digest", "_by_id", "_by_tag", "_sorted_ids")
 
     def __init__(self, records: Iterable[ImageRecord] = ()) -> None:
         by_id: dict[str, ImageRecord] = {}
@@ -37,7 +37,7 @@ class ImageIndex:
         self._by_id = by_id
         self._by_tag = by_tag
         self._by_digest = by_digest
-        self._sorted_hex = sorted(i.partition(":")[2] for i in by_id)
+        self._sorted_ids = sorted(by_id)
 
     def __len__(self) -> int:
         return len(self._by_id)
@@ -62,10 +62,11 @@ class ImageIndex:
     def match_id_prefix(self, prefix: str, limit: int = 2) -> list[str]:
         """Up to ``limit`` full IDs whose hex starts with ``prefix``."""
         found: list[str] = []
-        hexes = self._sorted_hex
-        i = bisect.bisect_left(hexes, prefix)
-        while i < len(hexes) and hexes[i].startswith(prefix) and len(found) < limit:
-            found.append("sha256:" + hexes[i])
+        ids = self._sorted_ids
+        key = "sha256:" + prefix
+        i = bisect.bisect_left(ids, key)
+        while i < len(ids) and ids[i].startswith(key) and len(found) < limit:
+            found.append(ids[i])
             i += 1
         return found
 

@@ -14,6 +14,8 @@ from types import MappingProxyType
 from typing import Any
 
 _EMPTY: Mapping[str, str] = MappingProxyType({})
+#: The shared empty annotations mapping (one object for every record without any).
+NO_ANNOTATIONS = _EMPTY
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,9 +26,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from crishim.model import FilesystemUsage, ImageRecord
+from crishim.model import NO_ANNOTATIONS, FilesystemUsage, ImageRecord
 from crishim.oci.atomic import atomic_write
-from crishim.oci.layout import EntryKey, EntryResult
+from crishim.oci.layout import EntryResult
 
 log = logging.getLogger(__name__)
 
@@ -65,13 +65,13 @@ def _record(t: tuple[Any, ...]) -> ImageRecord:
         repo_digests=tuple(digests),
         size=size,
         user=user,
-        annotations=dict(annotations) if annotations else {},
+        annotations=dict(annotations) if annotations else NO_ANNOTATIONS,
         config=config,
         chain_id=chain,
         source=source,
         manifest_digest=mdigest,
         manifest_media_type=mtype,
-        extra=dict(extra) if extra else {},
+        extra=dict(extra) if extra else NO_ANNOTATIONS,
     )
 
 
@@ -145,15 +145,13 @@ def load(
         raise SnapshotError("payload does not match its checksum (truncated or corrupt)")
     try:
         raw = marshal.loads(payload)
+        # The checksum above vouches for the bytes; a payload of the wrong
+        # shape still fails here, in the unpacking, and is refused.
         results = tuple(
-            EntryResult(
-                key=_key(key),
-                record=None if rec is None else _record(rec),
-                problem=problem,
-                closure=tuple(closure),
-                complete=bool(complete),
-            )
-            for key, rec, problem, closure, complete in raw
+            [
+                EntryResult(key, None if rec is None else _record(rec), problem, closure, complete)
+                for key, rec, problem, closure, complete in raw
+            ]
         )
     except (ValueError, TypeError, EOFError) as exc:
         raise SnapshotError(f"corrupt payload: {exc}") from None
@@ -166,8 +164,3 @@ def load(
         raise SnapshotError("corrupt header")
     return results, index_sha, usage
 
-
-def _key(raw: Any) -> EntryKey:
-    if not (isinstance(raw, tuple) and len(raw) == 3 and all(isinstance(x, str) for x in raw)):
-        raise TypeError("bad entry key")
-    return (raw[0], raw[1], raw[2])

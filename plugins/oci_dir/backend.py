@@ -118,8 +118,6 @@ class OciDirBackend(IndexedBackend):
             len(self.index),
             time.monotonic() - started,
         )
-        if not self._usage:
-            self._measure()
         self._spawn(self._watch_loop, "watch")
 
     def close(self) -> None:
@@ -209,6 +207,8 @@ class OciDirBackend(IndexedBackend):
                         "backend %s: skipped entry %s: %s", self.name, result.key[0], result.problem
                     )
             self._install(scan.results)
+            if not self._usage:
+                self._measure()
             log.info(
                 "backend %s: %d images from %s in %.2fs (%d entries reused, %d skipped)",
                 self.name,
