@@ -13,7 +13,7 @@ from collections.abc import Iterable
 
 import pluggy
 
-from crishim.types import BackendType
+from crishim.types import BackendType, FilterType
 
 PROJECT = "crishim"
 
@@ -33,8 +33,46 @@ def crishim_backend_types() -> Iterable[BackendType]:  # type: ignore[empty-body
         from crishim import hookimpl
         from crishim.types import BackendType
 
+
         @hookimpl
         def crishim_backend_types():
-            return [BackendType(name="json-catalog", factory=JsonCatalog,
-                                options_model=JsonCatalogOptions)]
+            return [
+                BackendType(
+                    name="json-catalog",
+                    factory=JsonCatalog,
+                    options_model=JsonCatalogOptions,
+                )
+            ]
+    """
+
+
+@_hookspec
+def crishim_filter_types() -> Iterable[FilterType]:  # type: ignore[empty-body]
+    """Offer filter types that configs can name in ``filters[].type``.
+
+    Return an iterable of :class:`crishim.types.FilterType`. The factory
+    builds a :class:`crishim.types.Filter` whose ``check(record)`` returns a
+    :class:`crishim.types.Verdict`; the catalog asks it once per image record
+    and hides what it vetoes from ImageStatus, ListImages, StreamImages and
+    RemoveImage. A type name claimed by two plugins is a start-up error.
+
+    Example::
+
+        from crishim import hookimpl
+        from crishim.types import VISIBLE, FilterType, Verdict
+
+
+        class NoLatest:
+            def __init__(self, context, options):
+                pass
+
+            def check(self, record):
+                if any(t.endswith(":latest") for t in record.repo_tags):
+                    return Verdict(hidden=True, reason="tagged latest")
+                return VISIBLE
+
+
+        @hookimpl
+        def crishim_filter_types():
+            return [FilterType(name="no-latest", factory=NoLatest)]
     """

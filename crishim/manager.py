@@ -16,14 +16,16 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from importlib.metadata import EntryPoint, entry_points
 from types import ModuleType
-from typing import cast
+from typing import TypeVar, cast
 
 import pluggy
 
 from crishim import hookspecs
-from crishim.types import BackendType
+from crishim.types import BackendType, FilterType
 
 log = logging.getLogger(__name__)
+#: What a registering hook returns.
+R = TypeVar("R", BackendType, FilterType)
 
 ENTRY_POINT_GROUP = "crishim.plugins"
 #: Comma-separated plugin names to skip, on top of the config's list.
@@ -54,6 +56,7 @@ class PluginManager:
         self._pm = pm
         self.infos: tuple[PluginInfo, ...] = tuple(infos)
         self._backend_types: dict[str, BackendType] | None = None
+        self._filter_types: dict[str, FilterType] | None = None
 
     @property
     def pluggy(self) -> pluggy.PluginManager:
@@ -61,30 +64,41 @@ class PluginManager:
 
     def backend_types(self) -> dict[str, BackendType]:
         """Every backend type offered, by name; two claims of one name fail."""
-        if self._backend_types is not None:
-            return self._backend_types
-        found: dict[str, BackendType] = {}
+        if self._backend_types is None:
+            self._backend_types = self._registered(
+                "crishim_backend_types", BackendType, "backend type"
+            )
+        return self._backend_types
+
+    def filter_types(self) -> dict[str, FilterType]:
+        """Every filter type offered, by name; two claims of one name fail."""
+        if self._filter_types is None:
+            self._filter_types = self._registered("crishim_filter_types", FilterType, "filter type")
+        return self._filter_types
+
+    def _registered(self, hook_name: str, kind: type[R], what: str) -> dict[str, R]:
+        """Call a registering hook plugin by plugin, knowing who offered what."""
+        found: dict[str, R] = {}
         owners: dict[str, str] = {}
-        for impl in self._pm.hook.crishim_backend_types.get_hookimpls():
+        for impl in getattr(self._pm.hook, hook_name).get_hookimpls():
             plugin_name = impl.plugin_name
             info = self._info(plugin_name)
-            hook = cast(Callable[[], Iterable[BackendType] | None], impl.function)
-            for bt in hook() or ():
-                if not isinstance(bt, BackendType):
+            function = cast(Callable[[], Iterable[R] | None], impl.function)
+            for item in function() or ():
+                if not isinstance(item, kind):
                     raise PluginError(
-                        f"plugin {plugin_name!r}: crishim_backend_types returned "
-                        f"{type(bt).__name__}, expected BackendType"
+                        f"plugin {plugin_name!r}: {hook_name} returned "
+                        f"{type(item).__name__}, expected {kind.__name__}"
                     )
-                if bt.name in found:
+                if item.name in found:
                     raise PluginError(
-                        f"backend type {bt.name!r} is claimed by both plugin "
-                        f"{owners[bt.name]!r} and plugin {plugin_name!r}"
+                        f"{what} {item.name!r} is claimed by both plugin "
+                        f"{owners[item.name]!r} and plugin {plugin_name!r}"
                     )
                 if info is not None:
-                    bt = replace(bt, package=info.package, version=info.version)
-                found[bt.name] = bt
-                owners[bt.name] = plugin_name
-        self._backend_types = found
+                    item = replace(item, package=info.package, version=info.version)
+                found[item.name] = item
+                owners[item.name] = plugin_name
         return found
 
     def _info(self, plugin_name: str) -> PluginInfo | None:

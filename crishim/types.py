@@ -7,6 +7,10 @@ container validates each configured instance's ``options`` with the type's
 the returned object must follow the :class:`Backend` protocol. Subclassing
 :class:`IndexedBackend` gives the lookups for free: build
 :class:`~crishim.model.ImageRecord` objects, hand them to ``publish``.
+
+Filters are offered the same way (``crishim_filter_types`` returns
+:class:`FilterType` values); a :class:`Filter` gives each image record a
+:class:`Verdict`.
 """
 
 from __future__ import annotations
@@ -129,6 +133,25 @@ class PullRequest:
     cancelled: Callable[[], bool] = field(default=lambda: False, compare=False)
     #: Annotations from the request's ImageSpec.
     annotations: Mapping[str, str] = field(default_factory=dict)
+    #: Called (from any thread) as blobs are fetched, for progress displays
+    #: such as ``crishim pull``; None for PullImage calls.
+    progress: Callable[[PullProgress], None] | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class PullProgress:
+    """Where one blob of a pull stands, as reported to ``PullRequest.progress``."""
+
+    digest: str
+    #: ``manifest``, ``config`` or ``layer``
+    kind: str
+    #: Bytes the blob has (its descriptor's size).
+    total: int
+    #: Bytes stored so far.
+    done: int
+    #: ``waiting`` (another pull is fetching it), ``downloading``, ``exists``
+    #: (already stored) or ``done``.
+    state: str
 
 
 @runtime_checkable
@@ -156,6 +179,78 @@ class BackendType:
     #: Validates the instance's ``options`` mapping.
     options_model: type[BackendOptions] = BackendOptions
     description: str = ""
+    #: Filled in by crishim: the distribution that registered the type.
+    package: str = field(default="", compare=False)
+    version: str = field(default="", compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """A filter's judgement of one image record.
+
+    A hidden image is absent for ImageStatus (OK, ``image`` unset) and
+    RemoveImage (OK, nothing removed); ListImages and StreamImages leave it
+    out unless ``listed`` is set.
+    """
+
+    #: True: the CRI must not see the image.
+    hidden: bool = False
+    #: Why the image is hidden; logged at debug level on every call that hides it.
+    reason: str = ""
+    #: Still listed by ListImages/StreamImages although hidden.
+    listed: bool = False
+    #: The configured filter instance that hid the image; set by crishim.
+    filter: str = ""
+
+
+#: The verdict of a filter that has no objection.
+VISIBLE = Verdict()
+
+
+class FilterOptions(BaseModel):
+    """Base for a filter type's options; unknown keys are config errors."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+@dataclass(frozen=True)
+class FilterContext:
+    """What crishim tells a filter instance about where it runs."""
+
+    #: The instance name from the config file (unique among filters).
+    name: str
+    #: The directory of the config file; relative paths in options resolve here.
+    config_dir: Path
+
+
+@runtime_checkable
+class Filter(Protocol):
+    """One configured filter instance, as the catalog calls it.
+
+    ``check`` is called once per image record (records are immutable; the
+    verdict is kept with the record), from any thread. It must not do I/O:
+    judge from the record alone.
+    """
+
+    def check(self, record: ImageRecord) -> Verdict: ...
+
+
+@dataclass(frozen=True)
+class FilterType:
+    """A kind of filter a plugin offers, e.g. ``embedded-filter``."""
+
+    #: The ``type`` used in the config file's ``filters`` list.
+    name: str
+    #: Called once per configured instance: ``factory(context, options)``.
+    factory: Callable[[FilterContext, Any], Filter]
+    #: Validates the instance's ``options`` mapping.
+    options_model: type[FilterOptions] = FilterOptions
+    description: str = ""
+    #: Not None: when the config has no ``filters`` key, an instance of this
+    #: type named after it, with these options, is part of the default chain
+    #: (default-chain types run in name order). Only for filters that enforce
+    #: the CRI contract itself.
+    default_chain_options: Mapping[str, Any] | None = None
     #: Filled in by crishim: the distribution that registered the type.
     package: str = field(default="", compare=False)
     version: str = field(default="", compare=False)

@@ -13,7 +13,11 @@ rest of the layout still serves):
 * manifest, index and config blobs are read, their size and digest checked
   against the descriptor, and parsed as JSON objects of at most 4 MiB;
 * media types must be OCI or Docker schema-2 manifests/indexes, and the
-  config a container image config;
+  config a container image config; an iSulad embedded manifest
+  (``application/embedded.manifest+json``) or a Docker schema-1 manifest is
+  not refused here but carried as a record without config (ID: the
+  manifest digest, ``manifest_media_type`` saying what it is), so filters
+  (``embedded-filter``) can hide it and say why;
 * an index is resolved to the configured platform;
 * layer blobs must exist with the size their descriptor gives (they are
   not hashed: that would read every layer at every start);
@@ -27,11 +31,14 @@ Editing: :meth:`Layout.remove_entries` rewrites ``index.json`` atomically;
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
 import os
 import re
+import stat
+import sys
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -39,7 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from crishim import reference
-from crishim.model import FilesystemUsage, ImageRecord, Platform
+from crishim.model import NO_ANNOTATIONS, FilesystemUsage, ImageRecord, Platform
 from crishim.oci.atomic import atomic_write, fsync_dir, stale_temp_files
 
 log = logging.getLogger(__name__)
@@ -54,6 +61,11 @@ DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
 INDEX_TYPES = frozenset({OCI_INDEX, DOCKER_LIST})
 MANIFEST_TYPES = frozenset({OCI_MANIFEST, DOCKER_MANIFEST})
 CONFIG_TYPES = frozenset({OCI_CONFIG, DOCKER_CONFIG})
+EMBEDDED_MANIFEST = "application/embedded.manifest+json"
+DOCKER_SCHEMA1 = "application/vnd.docker.distribution.manifest.v1+json"
+DOCKER_SCHEMA1_SIGNED = "application/vnd.docker.distribution.manifest.v1+prettyjws"
+#: Manifests without a config descriptor: not OCI images, carried for the filters.
+CONFIGLESS_TYPES = frozenset({EMBEDDED_MANIFEST, DOCKER_SCHEMA1, DOCKER_SCHEMA1_SIGNED})
 
 REF_NAME = "org.opencontainers.image.ref.name"
 CONTAINERD_NAME = "io.containerd.image.name"
@@ -62,6 +74,7 @@ CONTAINERD_NAME = "io.containerd.image.name"
 #: spec suggests registries accept manifests up to 4 MiB).
 MAX_JSON_BLOB = 4 * 1024 * 1024
 
+_JSON_CACHE_SIZE = 512
 _DIGEST_RE = re.compile(r"^(sha256:[a-f0-9]{64}|sha512:[a-f0-9]{128})$")
 _BARE_TAG_RE = re.compile(r"^[\w][\w.-]{0,127}$")
 
@@ -108,7 +121,7 @@ def entry_key(entry: Mapping[str, Any]) -> EntryKey:
     if not isinstance(annotations, dict):
         annotations = {}
     return (
-        str(entry.get("digest", "")),
+        sys.intern(str(entry.get("digest", ""))),
         str(annotations.get(CONTAINERD_NAME, "")),
         str(annotations.get(REF_NAME, "")),
     )
@@ -123,25 +136,45 @@ class Layout:
         self.index_path = root / "index.json"
         self.platform = platform
         self.repository = repository
+        self.source = sys.intern(str(root))
+        self._blobs_dir = str(self.blobs)
+        # layer sizes seen in the current scan: shared layers are stat-ed once
+        self._layer_sizes: dict[str, int] = {}
+        # Parsed JSON blobs of the current scan; bounded, as entries naming
+        # one manifest are usually close together in index.json.
         self._json: dict[str, tuple[dict[str, Any], bytes]] = {}
 
     # -- blobs -----------------------------------------------------------
 
     def blob_path(self, digest: object) -> Path:
+        return Path(self._blob_file(digest))
+
+    def _blob_file(self, digest: object) -> str:
+        # The digest grammar (hex only) is what keeps paths inside blobs/.
         if not isinstance(digest, str) or not _DIGEST_RE.match(digest):
             raise BrokenEntry(f"invalid digest {digest!r}")
         algorithm, _, hexpart = digest.partition(":")
-        return self.blobs / algorithm / hexpart
+        return f"{self._blobs_dir}/{algorithm}/{hexpart}"
 
-    def _check_inside(self, path: Path) -> None:
+    def _check_inside(self, path: str) -> None:
         real = os.path.realpath(path)
-        if not real.startswith(os.path.realpath(self.blobs) + os.sep):
-            raise BrokenEntry(f"blob {path.name} resolves outside blobs/")
+        if not real.startswith(os.path.realpath(self._blobs_dir) + os.sep):
+            raise BrokenEntry(f"blob {os.path.basename(path)} resolves outside blobs/")
+
+    def _open_blob(self, path: str) -> int:
+        """A file descriptor for a blob; a symlink must stay inside blobs/."""
+        try:
+            return os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError as exc:
+            if exc.errno != errno.ELOOP:
+                raise
+        self._check_inside(path)
+        return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
 
     def read_json(self, descriptor: Mapping[str, Any], what: str) -> tuple[dict[str, Any], bytes]:
         """(parsed, raw bytes) of a JSON blob, checked against its descriptor."""
         digest = descriptor.get("digest")
-        path = self.blob_path(digest)
+        path = self._blob_file(digest)
         assert isinstance(digest, str)
         size = descriptor.get("size")
         if not isinstance(size, int) or isinstance(size, bool) or size < 0:
@@ -157,16 +190,19 @@ class Layout:
             raise BrokenEntry(
                 f"{what} {digest}: {size} bytes is over the {MAX_JSON_BLOB}-byte limit"
             )
-        if path.is_symlink():
-            self._check_inside(path)
         try:
-            data = path.read_bytes()
+            fd = self._open_blob(path)
+            try:
+                data = os.read(fd, size + 1)
+            finally:
+                os.close(fd)
         except FileNotFoundError:
             raise BrokenEntry(f"{what} blob {digest} is missing") from None
         except OSError as exc:
             raise BrokenEntry(f"{what} blob {digest} cannot be read: {exc.strerror}") from None
         if len(data) != size:
-            raise BrokenEntry(f"{what} blob {digest} is {len(data)} bytes, descriptor says {size}")
+            shown = f"{len(data)}" if len(data) <= size else f"more than {size}"
+            raise BrokenEntry(f"{what} blob {digest} is {shown} bytes, descriptor says {size}")
         algorithm, _, expected = digest.partition(":")
         if hashlib.new(algorithm, data).hexdigest() != expected:
             raise BrokenEntry(f"{what} blob {digest} does not match its digest")
@@ -176,23 +212,30 @@ class Layout:
             raise BrokenEntry(f"{what} blob {digest} is not valid JSON: {exc}") from None
         if not isinstance(parsed, dict):
             raise BrokenEntry(f"{what} blob {digest} is not a JSON object")
+        if len(self._json) >= _JSON_CACHE_SIZE:
+            self._json.clear()
         self._json[digest] = (parsed, data)
         return parsed, data
 
     def check_layer(self, descriptor: Mapping[str, Any]) -> int:
         digest = descriptor.get("digest")
         size = descriptor.get("size")
-        path = self.blob_path(digest)
+        path = self._blob_file(digest)
         if not isinstance(size, int) or isinstance(size, bool) or size < 0:
             raise BrokenEntry(f"layer {digest}: invalid size {size!r}")
-        if path.is_symlink():
-            self._check_inside(path)
-        try:
-            st = path.stat()
-        except FileNotFoundError:
-            raise BrokenEntry(f"layer blob {digest} is missing") from None
-        if st.st_size != size:
-            raise BrokenEntry(f"layer blob {digest} is {st.st_size} bytes, descriptor says {size}")
+        actual = self._layer_sizes.get(path)
+        if actual is None:
+            try:
+                st = os.lstat(path)
+                if stat.S_ISLNK(st.st_mode):
+                    self._check_inside(path)
+                    st = os.stat(path)
+            except FileNotFoundError:
+                raise BrokenEntry(f"layer blob {digest} is missing") from None
+            actual = st.st_size
+            self._layer_sizes[path] = actual
+        if actual != size:
+            raise BrokenEntry(f"layer blob {digest} is {actual} bytes, descriptor says {size}")
         return size
 
     # -- index.json ------------------------------------------------------
@@ -297,11 +340,15 @@ class Layout:
         except BrokenEntry as exc:
             return EntryResult(key, None, str(exc), tuple(closure), complete=False)
         complete = self._complete_closure(entry, closure)
-        return EntryResult(key, record, "", tuple(closure), complete)
+        # interned: the digests of shared layers are one object for all images
+        return EntryResult(key, record, "", tuple(sys.intern(d) for d in closure), complete)
 
     def _record(self, entry: Mapping[str, Any], closure: dict[str, None]) -> ImageRecord:
         names = self.names(entry)
         manifest_desc, manifest = self._resolve_manifest(entry, closure, 0)
+        media_type = self._media_type(manifest_desc, manifest)
+        if media_type in CONFIGLESS_TYPES:
+            return self._configless_record(entry, names, manifest_desc, manifest, media_type)
         config_desc = manifest.get("config")
         if not isinstance(config_desc, dict):
             raise BrokenEntry("manifest has no config descriptor")
@@ -327,7 +374,7 @@ class Layout:
         entry_digest = str(entry["digest"])
         annotations = manifest.get("annotations")
         return ImageRecord(
-            id=str(config_desc["digest"]),
+            id=sys.intern(str(config_desc["digest"])),
             repo_tags=tuple(r.tagged() for r in names if r.tag),
             repo_digests=tuple(
                 dict.fromkeys(f"{r.repository}@{r.digest or entry_digest}" for r in names)
@@ -336,15 +383,59 @@ class Layout:
             user=user if isinstance(user, str) else "",
             annotations=(
                 {str(k): str(v) for k, v in annotations.items()}
-                if isinstance(annotations, dict)
-                else {}
+                if isinstance(annotations, dict) and annotations
+                else NO_ANNOTATIONS
             ),
             config=config_bytes,
             chain_id=chain_id(diff_ids),
+            source=self.source,
+            manifest_digest=sys.intern(str(manifest_desc.get("digest", ""))),
+            manifest_media_type=sys.intern(self._media_type(manifest_desc, manifest)),
+        )
+
+    def _configless_record(
+        self,
+        entry: Mapping[str, Any],
+        names: list[reference.Reference],
+        manifest_desc: Mapping[str, Any],
+        manifest: Mapping[str, Any],
+        media_type: str,
+    ) -> ImageRecord:
+        """An embedded or schema-1 image: no config, so not an OCI image.
+
+        Its ID is the manifest digest and its config empty; an embedded
+        manifest without name annotations is named by its ``image_name``.
+        """
+        entry_digest = str(entry["digest"])
+        size = int(manifest_desc.get("size", 0))
+        extra = {"layout": str(self.root), "indexEntry": entry_digest}
+        if media_type == EMBEDDED_MANIFEST:
+            layers = manifest.get("layers")
+            for layer in layers if isinstance(layers, list) else ():
+                layer_size = layer.get("size") if isinstance(layer, dict) else None
+                if isinstance(layer_size, int) and not isinstance(layer_size, bool):
+                    size += max(layer_size, 0)
+            image_name = manifest.get("image_name")
+            if isinstance(image_name, str):
+                extra["imageName"] = image_name
+                if not names:
+                    try:
+                        ref = reference.parse(image_name)
+                    except reference.ReferenceError:
+                        ref = None
+                    if ref is not None and ref.kind is reference.RefKind.NAME:
+                        names = [ref]
+        return ImageRecord(
+            id=str(manifest_desc["digest"]),
+            repo_tags=tuple(r.tagged() for r in names if r.tag),
+            repo_digests=tuple(
+                dict.fromkeys(f"{r.repository}@{r.digest or entry_digest}" for r in names)
+            ),
+            size=size,
             source=str(self.root),
-            manifest_digest=str(manifest_desc.get("digest", "")),
-            manifest_media_type=self._media_type(manifest_desc, manifest),
-            extra={"layout": str(self.root), "indexEntry": entry_digest},
+            manifest_digest=str(manifest_desc["digest"]),
+            manifest_media_type=media_type,
+            extra=extra,
         )
 
     def _resolve_manifest(
@@ -353,7 +444,7 @@ class Layout:
         blob, _ = self.read_json(descriptor, "manifest")
         closure[str(descriptor["digest"])] = None
         media_type = self._media_type(descriptor, blob)
-        if media_type in MANIFEST_TYPES:
+        if media_type in MANIFEST_TYPES or media_type in CONFIGLESS_TYPES:
             return descriptor, blob
         if media_type not in INDEX_TYPES:
             raise BrokenEntry(f"unsupported media type {media_type or '(none)'!r}")
@@ -376,7 +467,15 @@ class Layout:
                 complete = False
                 continue
             closure[str(descriptor["digest"])] = None
-            if self._media_type(descriptor, blob) in INDEX_TYPES:
+            media_type = self._media_type(descriptor, blob)
+            if media_type in CONFIGLESS_TYPES:
+                # embedded layers are host paths; schema 1 names blobs in fsLayers
+                for layer in blob.get("fsLayers") or ():
+                    blob_sum = layer.get("blobSum") if isinstance(layer, dict) else None
+                    if isinstance(blob_sum, str) and _DIGEST_RE.match(blob_sum):
+                        closure[blob_sum] = None
+                continue
+            if media_type in INDEX_TYPES:
                 children = blob.get("manifests")
                 if depth < 2 and isinstance(children, list):
                     stack.extend((c, depth + 1) for c in children if isinstance(c, dict))
@@ -410,6 +509,7 @@ class Layout:
                     results.append(self.resolve(entry))
         finally:
             self._json.clear()
+            self._layer_sizes.clear()
         return Scan(tuple(results), hashlib.sha256(data).hexdigest(), reused)
 
     # -- editing ---------------------------------------------------------

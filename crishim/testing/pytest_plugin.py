@@ -5,6 +5,9 @@
   :class:`~crishim.testing.server.RunningShim`; it is stopped after the test.
 * ``oci_layout``: a factory; ``oci_layout("name")`` returns a
   :class:`~crishim.testing.ocibuild.LayoutBuilder` rooted in ``tmp_path``.
+
+The CRI contract checks for a backend: subclass
+:class:`crishim.testing.conformance.CriContract` (docs/plugins.md, "Test it").
 """
 
 from __future__ import annotations

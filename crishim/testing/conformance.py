@@ -1,0 +1,338 @@
+"""The CRI contract, as a test class a backend author subclasses.
+
+Every check runs through a real crishim server on a temporary unix socket,
+with the generated CRI client, exactly as kubelet would call it::
+
+    from crishim.testing.conformance import ContractSetup, CriContract, ExpectedImage
+
+    class TestMyBackend(CriContract):
+        removable = False  # True when the backend removes images
+
+        def cri_setup(self, root):
+            ...  # write the backend's data under root
+            return ContractSetup(
+                backends=[{"name": "mine", "type": "my-type",
+                           "options": {"path": str(root)}}],
+                images=[ExpectedImage(id="sha256:...",
+                                      repo_tags=["example.com/app:1.0"],
+                                      user="1000")],
+            )
+
+``cri_setup`` is called once for the class's shared server and once more
+(with a fresh directory) for each test that changes state (removal). It
+must describe *every* image the backend serves: the list checks are exact.
+
+The checks:
+
+* not found is nil: ImageStatus of absent names, digests and IDs answers OK
+  with ``image`` unset; so do the ``hidden`` references (images the backend
+  holds that filters must keep from the CRI, e.g. embedded images);
+* one image, whatever it is asked by: its ID, its ID without ``sha256:``,
+  a 12-character ID prefix, every tag and every digest answer the same
+  ``Image``, with exactly the expected ``repo_tags`` and ``repo_digests``;
+* ``uid``/``username`` follow the CRI rules from the config's ``User``
+  (numeric: uid, no username; a name: username, no uid; the group after
+  ``:`` is never reported);
+* ListImages lists each image once, each equal to its ImageStatus; a
+  name filter lists that image alone; StreamImages streams the same images;
+* RemoveImage: an absent image is OK; when ``removable``, removing by a tag
+  makes every name and the ID absent while the other images stay as they
+  were, and a second removal is OK; when not, removal fails with
+  FAILED_PRECONDITION and the image stays;
+* malformed references are INVALID_ARGUMENT for ImageStatus, RemoveImage
+  and the ListImages filter;
+* verbose ImageStatus answers the same image and ``info`` as JSON; and
+  ImageFsInfo answers OK.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from crishim.cri.runtime.v1 import api_pb2
+from crishim.testing.server import RunningShim, running_server
+
+__all__ = ["BAD_REFERENCES", "ContractRun", "ContractSetup", "CriContract", "ExpectedImage"]
+
+#: Image references the CRI must reject with INVALID_ARGUMENT.
+BAD_REFERENCES: tuple[str, ...] = (
+    "Busybox",
+    "library/BusyBox:1",
+    "busybox@sha256:abc",
+    "busybox@sha256:" + "A" * 64,
+    "busybox@md5:" + "a" * 32,
+    "sha256:" + "G" * 64,
+    "busybox:",
+    "busybox:" + "t" * 129,
+    "a" * 5000,
+    "exa mple.com/app:1",
+)
+
+_ABSENT_ID = "sha256:" + "0" * 63 + "1"
+_ABSENT_NAMES: tuple[str, ...] = (
+    "crishim-contract.invalid/absent:never",
+    "crishim-contract.invalid/absent@sha256:" + "0" * 63 + "1",
+    _ABSENT_ID,
+    _ABSENT_ID.removeprefix("sha256:"),
+)
+
+
+@dataclass(frozen=True)
+class ExpectedImage:
+    """One image the backend serves, as the CRI must report it."""
+
+    #: ``sha256:<hex>`` (the config digest).
+    id: str
+    #: Normalised ``name:tag`` strings (``docker.io/library/busybox:latest``).
+    repo_tags: Sequence[str] = ()
+    #: Normalised ``name@digest`` strings.
+    repo_digests: Sequence[str] = ()
+    #: The image config's ``User``; uid/username are derived from it.
+    user: str = ""
+    #: The reported size, when the author wants it checked.
+    size: int | None = None
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return (*self.repo_tags, *self.repo_digests)
+
+
+@dataclass(frozen=True)
+class ContractSetup:
+    """What ``cri_setup`` returns: the config and what it must serve."""
+
+    #: The ``backends`` list of the config.
+    backends: Sequence[Mapping[str, Any]]
+    #: Every image served, each once.
+    images: Sequence[ExpectedImage]
+    #: References the backend holds but the CRI must never see (ImageStatus
+    #: nil, never listed, removal a no-op), e.g. embedded images.
+    hidden: Sequence[str] = ()
+    #: Other top-level config keys (``platform``, ``filters``, ``pinned``...).
+    config: Mapping[str, Any] = field(default_factory=dict)
+    #: Plugins to register next to the installed ones (a plugin under test
+    #: that is not installed): (name, module or object) pairs.
+    extra_plugins: Sequence[tuple[str, object]] = ()
+    #: Where relative paths in options resolve (default: the current directory).
+    base_dir: Path | None = None
+
+
+@dataclass(frozen=True)
+class ContractRun:
+    """A server started for a setup."""
+
+    setup: ContractSetup
+    shim: RunningShim
+
+
+def _wire(image: api_pb2.Image) -> bytes:
+    return image.SerializeToString(deterministic=True)
+
+
+def _code(call: Any, *args: Any) -> grpc.StatusCode:
+    try:
+        call(*args)
+    except grpc.RpcError as exc:
+        return exc.code()
+    return grpc.StatusCode.OK
+
+
+def _expected_user(user: str) -> tuple[int | None, str]:
+    name = user.split(":", 1)[0]
+    if not name:
+        return None, ""
+    if name.isdigit():
+        return int(name), ""
+    return None, name
+
+
+class CriContract:
+    """Subclass as ``Test<Something>`` and implement :meth:`cri_setup`."""
+
+    #: The backend removes images (RemoveImage semantics are checked);
+    #: False: removal must be refused with FAILED_PRECONDITION.
+    removable: bool = False
+
+    def cri_setup(self, root: Path) -> ContractSetup:
+        """Write the backend's data under ``root``; say how to serve it and what it holds."""
+        raise NotImplementedError("a CriContract subclass implements cri_setup(root)")
+
+    # -- fixtures --------------------------------------------------------
+
+    def _serve(self, root: Path) -> Iterator[ContractRun]:
+        setup = self.cri_setup(root)
+        config = {**dict(setup.config), "backends": [dict(b) for b in setup.backends]}
+        with running_server(
+            config, base_dir=setup.base_dir, extra_plugins=setup.extra_plugins
+        ) as shim:
+            yield ContractRun(setup, shim)
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def cri_contract(cls, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ContractRun]:
+        """The class's shared server; tests using it change nothing."""
+        yield from cls()._serve(tmp_path_factory.mktemp("cri-contract"))
+
+    @pytest.fixture
+    def cri_fresh_contract(self, tmp_path: Path) -> Iterator[ContractRun]:
+        """A server of this test's own, over fresh data (for removals)."""
+        yield from self._serve(tmp_path / "cri-contract")
+
+    # -- not found -------------------------------------------------------
+
+    def test_absent_image_is_nil(self, cri_contract: ContractRun) -> None:
+        known = {i.id for i in cri_contract.setup.images}
+        assert _ABSENT_ID not in known, "pick images whose IDs are not the kit's absent ID"
+        for ref in _ABSENT_NAMES:
+            response = cri_contract.shim.status(ref)
+            assert not response.HasField("image"), f"{ref!r} must answer image unset"
+
+    def test_hidden_images_are_absent(self, cri_contract: ContractRun) -> None:
+        shim, hidden = cri_contract.shim, cri_contract.setup.hidden
+        if not hidden:
+            pytest.skip("the setup declares no hidden images")
+        listed = {name for image in shim.list() for name in (*image.repo_tags, image.id)}
+        for ref in hidden:
+            assert not shim.status(ref).HasField("image"), f"hidden {ref!r} was answered"
+            assert not shim.list(ref), f"hidden {ref!r} was listed by a filter"
+            assert ref not in listed, f"hidden {ref!r} was listed"
+
+    # -- one image by every name -----------------------------------------
+
+    def test_every_name_answers_the_same_image(self, cri_contract: ContractRun) -> None:
+        shim, images = cri_contract.shim, cri_contract.setup.images
+        ids = [i.id for i in images]
+        assert len(set(ids)) == len(ids), "each expected image is listed once"
+        for expected in images:
+            hexid = expected.id.partition(":")[2]
+            refs = [expected.id, hexid, *expected.names]
+            if sum(1 for i in ids if i.partition(":")[2].startswith(hexid[:12])) == 1:
+                refs.append(hexid[:12])
+            answers = {ref: shim.status(ref) for ref in refs}
+            first = answers[expected.id]
+            assert first.HasField("image"), f"{expected.id} is not answered"
+            image = first.image
+            assert image.id == expected.id
+            assert image.spec.image == expected.id
+            assert sorted(image.repo_tags) == sorted(expected.repo_tags), expected.id
+            assert sorted(image.repo_digests) == sorted(expected.repo_digests), expected.id
+            assert len(set(image.repo_tags)) == len(image.repo_tags), "repo_tags repeat"
+            assert len(set(image.repo_digests)) == len(image.repo_digests), "digests repeat"
+            if expected.size is not None:
+                assert image.size == expected.size, expected.id
+            for ref, response in answers.items():
+                assert response.HasField("image"), f"{ref!r} is not answered"
+                assert _wire(response.image) == _wire(image), f"{ref!r} answers otherwise"
+
+    def test_uid_and_username_follow_the_cri_rules(self, cri_contract: ContractRun) -> None:
+        for expected in cri_contract.setup.images:
+            image = cri_contract.shim.status(expected.id).image
+            uid, username = _expected_user(expected.user)
+            assert image.username == username, f"{expected.id}: User {expected.user!r}"
+            if uid is None:
+                assert not image.HasField("uid"), f"{expected.id}: User {expected.user!r}"
+            else:
+                assert image.HasField("uid"), f"{expected.id}: User {expected.user!r}"
+                assert image.uid.value == uid, f"{expected.id}: User {expected.user!r}"
+
+    def test_verbose_status_is_the_same_image_with_json_info(
+        self, cri_contract: ContractRun
+    ) -> None:
+        for expected in cri_contract.setup.images:
+            plain = cri_contract.shim.status(expected.id)
+            verbose = cri_contract.shim.status(expected.id, verbose=True)
+            assert _wire(verbose.image) == _wire(plain.image)
+            for key, value in verbose.info.items():
+                try:
+                    json.loads(value)
+                except ValueError:
+                    pytest.fail(f"{expected.id}: verbose info[{key!r}] is not JSON: {value[:80]!r}")
+
+    # -- lists -----------------------------------------------------------
+
+    def test_list_is_consistent_with_status(self, cri_contract: ContractRun) -> None:
+        shim = cri_contract.shim
+        listed = shim.list()
+        ids = [image.id for image in listed]
+        assert len(set(ids)) == len(ids), "ListImages repeats an image"
+        assert sorted(ids) == sorted(i.id for i in cri_contract.setup.images)
+        for image in listed:
+            assert _wire(image) == _wire(shim.status(image.id).image), image.id
+
+    def test_list_filter_names_one_image(self, cri_contract: ContractRun) -> None:
+        shim = cri_contract.shim
+        for expected in cri_contract.setup.images:
+            for ref in (expected.id, *expected.names):
+                assert [i.id for i in shim.list(ref)] == [expected.id], ref
+        assert shim.list(_ABSENT_NAMES[0]) == []
+
+    def test_stream_matches_list(self, cri_contract: ContractRun) -> None:
+        shim = cri_contract.shim
+        streamed = [
+            image
+            for response in shim.images.StreamImages(api_pb2.StreamImagesRequest(), timeout=30)
+            for image in response.images
+        ]
+        assert sorted(_wire(i) for i in streamed) == sorted(_wire(i) for i in shim.list())
+
+    # -- removal ---------------------------------------------------------
+
+    def test_removing_an_absent_image_is_ok(self, cri_contract: ContractRun) -> None:
+        for ref in _ABSENT_NAMES:
+            cri_contract.shim.remove(ref)
+
+    def test_remove(self, cri_fresh_contract: ContractRun) -> None:
+        shim, images = cri_fresh_contract.shim, cri_fresh_contract.setup.images
+        named = [i for i in images if i.repo_tags]
+        if not named:
+            pytest.skip("the setup has no tagged image")
+        target = named[0]
+        others = {i.id: _wire(shim.status(i.id).image) for i in images if i.id != target.id}
+        if not self.removable:
+            code = _code(shim.remove, target.repo_tags[0])
+            assert code == grpc.StatusCode.FAILED_PRECONDITION, code
+            assert shim.status(target.id).HasField("image"), "a refused removal removed"
+            return
+        shim.remove(target.repo_tags[0])
+        for ref in (target.id, *target.names):
+            assert not shim.status(ref).HasField("image"), f"{ref!r} survived the removal"
+        assert target.id not in {i.id for i in shim.list()}
+        shim.remove(target.repo_tags[0])
+        shim.remove(target.id)
+        for image_id, wire in others.items():
+            assert _wire(shim.status(image_id).image) == wire, f"{image_id} changed"
+
+    def test_remove_by_id(self, cri_fresh_contract: ContractRun) -> None:
+        if not self.removable:
+            pytest.skip("the backend does not remove images")
+        shim, images = cri_fresh_contract.shim, cri_fresh_contract.setup.images
+        if not images:
+            pytest.skip("the setup has no image")
+        target = images[-1]
+        shim.remove(target.id)
+        for ref in (target.id, *target.names):
+            assert not shim.status(ref).HasField("image"), f"{ref!r} survived the removal"
+
+    # -- bad input -------------------------------------------------------
+
+    def test_bad_references_are_invalid_argument(self, cri_contract: ContractRun) -> None:
+        shim = cri_contract.shim
+        invalid = grpc.StatusCode.INVALID_ARGUMENT
+        assert _code(shim.status, "") == invalid
+        assert _code(shim.remove, "") == invalid
+        for ref in BAD_REFERENCES:
+            assert _code(shim.status, ref) == invalid, f"ImageStatus {ref[:40]!r}"
+            assert _code(shim.remove, ref) == invalid, f"RemoveImage {ref[:40]!r}"
+            assert _code(shim.list, ref) == invalid, f"ListImages filter {ref[:40]!r}"
+
+    def test_image_fs_info_answers(self, cri_contract: ContractRun) -> None:
+        response = cri_contract.shim.fsinfo()
+        for usage in response.image_filesystems:
+            assert usage.fs_id.mountpoint, "a filesystem usage names its mountpoint"

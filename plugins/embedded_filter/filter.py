@@ -1,0 +1,124 @@
+"""The ``embedded-filter``: only OCI-compliant images reach the CRI.
+
+An iSulad *embedded image* is described by a manifest with
+``schemaVersion`` 1 and media type ``application/embedded.manifest+json``
+(``image_name``, ``created``, ``layers`` that are host paths, squashfs
+images or bind directories, and a ``config`` of env, entrypoint and
+workdir). It has no image ID, no ``rootfs.diff_ids`` and no ``User``: it
+does not comply with the OCI image specification, and ImageStatus cannot
+answer it. This filter hides such images, and any other image lacking what
+the OCI image specification requires, by these rules, in this order (the
+first that applies gives the reason):
+
+1. the manifest media type is ``application/embedded.manifest+json``;
+2. the manifest media type is a Docker schema 1 type
+   (``application/vnd.docker.distribution.manifest.v1+json`` or
+   ``...v1+prettyjws``): no config descriptor;
+3. the manifest media type is set and is neither
+   ``application/vnd.oci.image.manifest.v1+json`` nor
+   ``application/vnd.docker.distribution.manifest.v2+json``;
+4. the image ID (the config descriptor's digest) is not ``sha256:<64 hex>``
+   or ``sha512:<128 hex>``;
+5. the backend carries no config blob (only with ``require_config``);
+6. the config blob does not hash to the image ID;
+7. the config is not a JSON object;
+8. ``rootfs`` is not an object, or ``rootfs.type`` is not ``layers``;
+9. ``rootfs.diff_ids`` is not a list of digests (it may be empty);
+10. ``os`` is missing or not a non-empty string;
+11. ``architecture`` is missing or not a non-empty string.
+
+Options: ``list_hidden`` (ListImages and StreamImages still list hidden
+images, as iSulad lists embedded images; ImageStatus and RemoveImage still
+treat them as absent) and ``require_config`` (rule 5).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+
+from crishim.model import ImageRecord
+from crishim.types import VISIBLE, FilterContext, FilterOptions, Verdict
+
+EMBEDDED_MANIFEST = "application/embedded.manifest+json"
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+DOCKER_SCHEMA1 = frozenset(
+    {
+        "application/vnd.docker.distribution.manifest.v1+json",
+        "application/vnd.docker.distribution.manifest.v1+prettyjws",
+    }
+)
+COMPLIANT_MANIFESTS = frozenset({OCI_MANIFEST, DOCKER_MANIFEST})
+
+_DIGEST_RE = re.compile(r"^(sha256:[a-f0-9]{64}|sha512:[a-f0-9]{128})$")
+
+
+class EmbeddedFilterOptions(FilterOptions):
+    #: List hidden images in ListImages/StreamImages (iSulad lists embedded
+    #: images); ImageStatus and RemoveImage still treat them as absent.
+    list_hidden: bool = False
+    #: Hide images whose backend carries no config blob (the filter cannot
+    #: check ``rootfs``, ``os`` and ``architecture`` without it).
+    require_config: bool = True
+
+
+class EmbeddedFilter:
+    """Hides embedded and otherwise non-OCI-compliant images."""
+
+    def __init__(self, context: FilterContext, options: EmbeddedFilterOptions) -> None:
+        self.name = context.name
+        self.options = options
+
+    def check(self, record: ImageRecord) -> Verdict:
+        reason = self.problem(record)
+        if reason is None:
+            return VISIBLE
+        return Verdict(hidden=True, reason=reason, listed=self.options.list_hidden)
+
+    def problem(self, record: ImageRecord) -> str | None:
+        """Why ``record`` is not an OCI-compliant image, or None."""
+        media_type = record.manifest_media_type
+        if media_type == EMBEDDED_MANIFEST:
+            return (
+                f"embedded image ({EMBEDDED_MANIFEST}, schemaVersion 1): no image ID, "
+                "no rootfs.diff_ids, no User; it does not comply with the OCI image spec"
+            )
+        if media_type in DOCKER_SCHEMA1:
+            return f"Docker schema 1 manifest ({media_type}) has no config descriptor"
+        if media_type and media_type not in COMPLIANT_MANIFESTS:
+            return f"manifest media type {media_type!r} is not an OCI image manifest"
+        if not _DIGEST_RE.match(record.id):
+            return (
+                f"image ID {record.id!r} is not a config digest "
+                "(sha256:<64 hex> or sha512:<128 hex>)"
+            )
+        config = record.config
+        if not config:
+            return "the backend gives no image config" if self.options.require_config else None
+        algorithm, _, expected = record.id.partition(":")
+        if hashlib.new(algorithm, config).hexdigest() != expected:
+            return "the image config does not match the image ID (its digest)"
+        try:
+            parsed = json.loads(config)
+        except ValueError:
+            return "the image config is not valid JSON"
+        if not isinstance(parsed, dict):
+            return "the image config is not a JSON object"
+        rootfs = parsed.get("rootfs")
+        if not isinstance(rootfs, dict):
+            return "the image config has no rootfs"
+        if rootfs.get("type") != "layers":
+            return f"rootfs.type is {rootfs.get('type')!r}, not 'layers'"
+        diff_ids = rootfs.get("diff_ids")
+        if not isinstance(diff_ids, list):
+            return "the image config has no rootfs.diff_ids list"
+        for diff_id in diff_ids:
+            if not isinstance(diff_id, str) or not _DIGEST_RE.match(diff_id):
+                return f"rootfs.diff_ids holds {diff_id!r}, not a digest"
+        for key in ("os", "architecture"):
+            value = parsed.get(key)
+            if not isinstance(value, str) or not value:
+                return f"the image config has no {key}"
+        return None

@@ -1,0 +1,169 @@
+"""The plugin contract stays documented and tested (as datasette's test_docs does).
+
+Fails when a hook has no docstring or no example, when docs/hooks.md is not
+what scripts/gen_hook_docs.py writes, when a hook is named by no test, when
+the plugin guide forgets a hook or a config key, or when a documented
+example does not compile or a relative link is dead.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = ROOT / "docs"
+PLUGINS_MD = DOCS / "plugins.md"
+HOOKS_MD = DOCS / "hooks.md"
+
+
+def _load_generator() -> ModuleType:
+    spec = importlib.util.spec_from_file_location(
+        "gen_hook_docs", ROOT / "scripts/gen_hook_docs.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+GEN = _load_generator()
+HOOKS: list[tuple[str, Any]] = GEN.hookspecs()
+HOOK_NAMES = [name for name, _ in HOOKS]
+
+
+def test_there_are_hooks() -> None:
+    assert {"crishim_backend_types", "crishim_filter_types"} <= set(HOOK_NAMES)
+
+
+@pytest.mark.parametrize("name", HOOK_NAMES)
+def test_every_hook_has_a_docstring_and_an_example(name: str) -> None:
+    fn = dict(HOOKS)[name]
+    description, example = GEN.split_docstring(fn.__doc__ or "")
+    assert len(description) > 40, f"{name} has no real docstring"
+    assert example, f"{name} has no 'Example::' block"
+    assert "@hookimpl" in example, f"{name}'s example does not implement the hook"
+    assert f"def {name}(" in example, f"{name}'s example does not define {name}"
+    compile(example, f"<{name} example>", "exec")
+
+
+def test_hooks_md_is_what_the_generator_writes() -> None:
+    assert HOOKS_MD.read_text() == GEN.render(), (
+        "docs/hooks.md is stale: run .venv/bin/python scripts/gen_hook_docs.py"
+    )
+
+
+def _test_sources() -> dict[Path, str]:
+    """Test files that could exercise a hook (this file only lists them)."""
+    files = [*ROOT.joinpath("tests").rglob("*.py"), *ROOT.joinpath("examples").rglob("test_*.py")]
+    return {p: p.read_text() for p in files if p.resolve() != Path(__file__).resolve()}
+
+
+@pytest.mark.parametrize("name", HOOK_NAMES)
+def test_every_hook_is_implemented_by_a_test(name: str) -> None:
+    implementing = [
+        p.relative_to(ROOT)
+        for p, text in _test_sources().items()
+        if re.search(rf"def {name}\(", text) and p.name.startswith("test_")
+    ]
+    assert implementing, f"no test file implements hook {name}"
+
+
+@pytest.mark.parametrize("name", HOOK_NAMES)
+def test_every_hook_is_in_the_plugin_guide(name: str) -> None:
+    assert f"`{name}`" in PLUGINS_MD.read_text(), f"docs/plugins.md does not mention {name}"
+
+
+@pytest.mark.parametrize(
+    "term",
+    [
+        "backends[].timeout",
+        "filters",
+        "fail_on_backend_error",
+        "plugins.disabled",
+        "plugins.strict",
+        "CRISHIM_DISABLE_PLUGINS",
+        "--strict-plugins",
+        "list_hidden",
+        "require_config",
+        "application/embedded.manifest+json",
+        "CriContract",
+        "crishim.plugins",
+    ],
+)
+def test_the_plugin_guide_covers(term: str) -> None:
+    assert term in PLUGINS_MD.read_text()
+
+
+def test_the_embedded_filter_rules_are_the_documented_ones() -> None:
+    """The numbered rules in docs/plugins.md and in the filter's docstring agree."""
+    from crishim_plugins.embedded_filter import filter as embedded
+
+    def rules(text: str) -> list[str]:
+        return re.findall(r"^\s*(\d+)\. ", text, flags=re.MULTILINE)
+
+    guide = PLUGINS_MD.read_text().split("## The embedded-filter", 1)[1]
+    assert rules(guide) == rules(embedded.__doc__ or "") == [str(i) for i in range(1, 12)]
+
+
+def _python_blocks(text: str) -> list[str]:
+    return re.findall(r"```python\n(.*?)```", text, flags=re.DOTALL)
+
+
+@pytest.mark.parametrize("doc", [PLUGINS_MD, HOOKS_MD], ids=lambda p: p.name)
+def test_python_examples_compile(doc: Path) -> None:
+    blocks = _python_blocks(doc.read_text())
+    assert blocks
+    for i, block in enumerate(blocks):
+        if block.lstrip().startswith("def ") and block.strip().count("\n") == 0:
+            continue  # a signature line
+        compile(block, f"{doc.name} block {i}", "exec")
+
+
+@pytest.mark.parametrize(
+    "doc",
+    [PLUGINS_MD, HOOKS_MD, ROOT / "examples/crishim-docker-archive/README.md"],
+    ids=lambda p: str(p.relative_to(ROOT)),
+)
+def test_relative_links_resolve(doc: Path) -> None:
+    text = doc.read_text()
+    anchors = {
+        re.sub(r"[^a-z0-9 _-]", "", h.lower()).replace(" ", "-")
+        for h in re.findall(r"^#+ (.*)$", text, flags=re.MULTILINE)
+    }
+    for target in re.findall(r"\]\(([^)\s]+)\)", text):
+        if target.startswith(("http://", "https://", "mailto:")):
+            continue
+        path, _, anchor = target.partition("#")
+        if path:
+            assert (doc.parent / path).exists(), f"{doc.name}: dead link {target}"
+        elif anchor:
+            assert anchor in anchors, f"{doc.name}: no heading for #{anchor}"
+
+
+def test_readme_points_to_the_plugin_docs() -> None:
+    readme = (ROOT / "README.md").read_text()
+    assert "docs/plugins.md" in readme
+    assert "docs/hooks.md" in readme
+
+
+def test_examples_in_the_docs_are_ruff_formatted() -> None:
+    """CI's ``ruff format --check .`` formats Python blocks in Markdown too."""
+    ruff = Path(sys.executable).with_name("ruff")
+    if not ruff.exists():
+        pytest.skip("ruff is not installed next to this Python")
+    result = subprocess.run(
+        [str(ruff), "format", "--check", str(PLUGINS_MD), str(HOOKS_MD)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
