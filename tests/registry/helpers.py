@@ -1,0 +1,143 @@
+"""Helpers for the registry-cache tests: configs, calls, store checks."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, cast
+
+import grpc
+import pytest
+
+from crishim.cri.runtime.v1 import api_pb2
+from crishim.model import Platform
+from crishim.oci.layout import Layout, measure
+from crishim.testing.server import RunningShim
+
+from .images import PLATFORM
+from .process import RegistryProcess
+
+# -- configs ---------------------------------------------------------------------
+
+
+def plain_endpoint(url: str) -> dict[str, Any]:
+    return {"url": url, "plain_http": True}
+
+
+def cache_options(store: Path, registries: Mapping[str, Any], **options: Any) -> dict[str, Any]:
+    """Options of a ``registry-cache`` backend; the environment's proxies are ignored
+    (the tests' traffic stays on loopback whatever HTTP(S)_PROXY says)."""
+    return {"path": str(store), "registries": dict(registries), "trust_env": False, **options}
+
+
+def cache_config(
+    store: Path, registries: Mapping[str, Any], *others: Mapping[str, Any], **options: Any
+) -> dict[str, Any]:
+    """A crishim config with one ``registry-cache`` backend named ``cache``."""
+    return {
+        "platform": dict(PLATFORM),
+        "backends": [
+            {
+                "name": "cache",
+                "type": "registry-cache",
+                "options": cache_options(store, registries, **options),
+            },
+            *(dict(o) for o in others),
+        ],
+    }
+
+
+def plain_config(store: Path, registry: RegistryProcess, **options: Any) -> dict[str, Any]:
+    """The cache pointed at the session registry under its own name."""
+    return cache_config(
+        store, {registry.host: {"endpoints": [plain_endpoint(registry.url)]}}, **options
+    )
+
+
+def platform() -> Platform:
+    return Platform(PLATFORM["os"], PLATFORM["architecture"], PLATFORM["variant"])
+
+
+# -- calls -----------------------------------------------------------------------
+
+
+def pull(
+    shim: RunningShim,
+    ref: str,
+    *,
+    auth: api_pb2.AuthConfig | None = None,
+    timeout: float = 60,
+) -> api_pb2.PullImageResponse:
+    request = api_pb2.PullImageRequest(image=api_pb2.ImageSpec(image=ref), auth=auth)
+    return cast(api_pb2.PullImageResponse, shim.images.PullImage(request, timeout=timeout))
+
+
+def pull_error(
+    shim: RunningShim,
+    ref: str,
+    *,
+    auth: api_pb2.AuthConfig | None = None,
+    timeout: float = 60,
+) -> grpc.RpcError:
+    with pytest.raises(grpc.RpcError) as info:
+        pull(shim, ref, auth=auth, timeout=timeout)
+    return info.value
+
+
+# -- checking a store ---------------------------------------------------------------
+
+
+def check_store(root: Path) -> dict[str, str]:
+    """Assert the store is valid; return {image name: entry digest}.
+
+    Valid: index.json parses; every file under blobs/ is a committed blob
+    whose content matches its name (no temp files there); every entry
+    resolves to an image whose blobs are all present.
+    """
+    index = json.loads((root / "index.json").read_bytes())
+    assert isinstance(index, dict) and isinstance(index["manifests"], list)
+    blobs = root / "blobs"
+    present: set[str] = set()
+    for path in blobs.rglob("*"):
+        if path.is_dir():
+            continue
+        algorithm = path.parent.name
+        assert algorithm in ("sha256", "sha512"), f"unexpected file {path}"
+        actual = hashlib.new(algorithm, path.read_bytes()).hexdigest()
+        assert actual == path.name, f"blob {path} does not match its name"
+        present.add(f"{algorithm}:{path.name}")
+    layout = Layout(root, platform())
+    names: dict[str, str] = {}
+    for entry in index["manifests"]:
+        result = layout.resolve(entry)
+        assert result.record is not None, f"entry {entry} cannot be served: {result.problem}"
+        record = result.record
+        needed = {record.id, record.manifest_digest, entry["digest"]}
+        config = json.loads(record.config)
+        assert config["rootfs"]["diff_ids"]
+        assert needed <= present, f"entry {entry['digest']} misses {needed - present}"
+        names[entry["annotations"]["io.containerd.image.name"]] = entry["digest"]
+    return names
+
+
+def ingest_files(root: Path) -> list[Path]:
+    directory = root / ".ingest"
+    return sorted(directory.iterdir()) if directory.is_dir() else []
+
+
+def usage_of(root: Path) -> tuple[int, int]:
+    usage = measure(root)
+    return usage.used_bytes, usage.inodes_used
+
+
+def fsinfo(shim: RunningShim) -> tuple[int, int]:
+    (fs,) = shim.fsinfo().image_filesystems
+    return fs.used_bytes.value, fs.inodes_used.value
+
+
+def blob_exists(root: Path, digest: str) -> bool:
+    algorithm, _, hexpart = digest.partition(":")
+    return os.path.exists(root / "blobs" / algorithm / hexpart)
