@@ -1,0 +1,171 @@
+"""Export over a real connection: OTLP/gRPC and OTLP/HTTP receivers on 127.0.0.1.
+
+The batch processor and the metric reader are set to wait a minute, so
+what the receivers get before that came from the flush of a graceful stop.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from crishim.cri.runtime.v1 import api_pb2, api_pb2_grpc
+from crishim.testing.server import running_server, short_tempdir
+from tests.otlp_receivers import (
+    SPAN_KIND_INTERNAL,
+    SPAN_KIND_SERVER,
+    GrpcReceiver,
+    HttpReceiver,
+    receiving,
+)
+
+LAYOUT = Path(__file__).resolve().parents[1] / "examples" / "layouts" / "demo"
+HIT = "example.com/crishim/web:1.0"
+DEMO = {
+    "name": "demo",
+    "type": "oci-dir",
+    "options": {"path": str(LAYOUT), "repository": "example.com/crishim/hello"},
+}
+TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
+PARENT_ID = "b7ad6b7169203331"
+STATUS = "runtime.v1.ImageService/ImageStatus"
+
+
+@pytest.fixture(autouse=True)
+def _no_otel_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in list(os.environ):
+        if name.startswith("OTEL_"):
+            monkeypatch.delenv(name)
+
+
+@pytest.fixture(params=["grpc", "http"])
+def receiver(request: pytest.FixtureRequest) -> Iterator[GrpcReceiver | HttpReceiver]:
+    yield from receiving(request.param)
+
+
+def _telemetry(receiver: GrpcReceiver | HttpReceiver) -> dict[str, Any]:
+    exporter = "otlp-grpc" if isinstance(receiver, GrpcReceiver) else "otlp-http"
+    return {
+        "tracing": {
+            "exporter": exporter,
+            "endpoint": receiver.endpoint,
+            "headers": {"x-test-tenant": "t1"},
+            "sampler": "always_on",
+            "service_name": "crishim-test",
+            "batch": {"schedule_delay": 60},
+        },
+        "metrics": {
+            "exporter": exporter,
+            "endpoint": receiver.endpoint,
+            "headers": {"x-test-tenant": "t1"},
+            "interval": 60,
+        },
+    }
+
+
+def test_spans_and_metrics_arrive_after_a_graceful_stop(
+    receiver: GrpcReceiver | HttpReceiver,
+) -> None:
+    config = {"backends": [DEMO], **_telemetry(receiver)}
+    with running_server(config) as shim:
+        image_id = shim.status(HIT).image.id
+        assert not shim.status("busybox").HasField("image")
+        time.sleep(0.2)
+        assert receiver.spans() == [], "nothing is exported before the batch is due"
+    # running_server's exit stopped the server and shut the container's resources down
+    spans = receiver.spans()
+    servers = [s for s in spans if s.kind == SPAN_KIND_SERVER]
+    assert [s.name for s in servers] == [STATUS, STATUS]
+    hit = next(s for s in servers if s.attributes.get("crishim.image.found"))
+    assert hit.attributes["crishim.image.id"] == image_id
+    assert hit.attributes["rpc.method"] == "ImageStatus"
+    assert hit.resource["service.name"] == "crishim-test"
+    assert hit.scope == "opentelemetry.instrumentation.grpc"
+    kids = [s for s in spans if s.parent_span_id == hit.span_id]
+    assert [(k.name, k.kind) for k in kids if k.name.startswith("get_image")][:1] == [
+        ("get_image demo", SPAN_KIND_INTERNAL)
+    ]
+    assert all(h.get("x-test-tenant") == "t1" for h in receiver.headers)
+    assert {"rpc.server.call.duration", "crishim.backend.calls"} <= receiver.metric_names()
+
+
+def _wait_ready(sock: Path, proc: subprocess.Popen[str]) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"server exited early: {proc.communicate()}")
+        if sock.exists():
+            with grpc.insecure_channel(f"unix:{sock}") as channel:
+                try:
+                    health_pb2_grpc.HealthStub(channel).Check(
+                        health_pb2.HealthCheckRequest(), timeout=1
+                    )
+                    return
+                except grpc.RpcError:
+                    pass
+        time.sleep(0.05)
+    raise AssertionError("server did not come up")
+
+
+def test_crishim_serve_flushes_on_sigterm(
+    tmp_path: Path, receiver: GrpcReceiver | HttpReceiver
+) -> None:
+    import json
+
+    sockdir = short_tempdir()
+    sock = sockdir / "crishim.sock"
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        json.dumps(
+            {
+                "server": {"listen": f"unix://{sock}"},
+                "state_dir": str(tmp_path / "state"),
+                "backends": [DEMO],
+                **_telemetry(receiver),
+            }
+        )
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "crishim.cli", "serve", "--config", str(config)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        _wait_ready(sock, proc)
+        with grpc.insecure_channel(f"unix:{sock}") as channel:
+            stub = api_pb2_grpc.ImageServiceStub(channel)
+            request = api_pb2.ImageStatusRequest(image=api_pb2.ImageSpec(image=HIT))
+            metadata = [("traceparent", f"00-{TRACE_ID}-{PARENT_ID}-01")]
+            assert stub.ImageStatus(request, timeout=10, metadata=metadata).HasField("image")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        _, stderr = proc.communicate()
+        sockdir.rmdir() if sockdir.exists() and not any(sockdir.iterdir()) else None
+    assert "tracing: on:" in stderr
+    servers = [s for s in receiver.spans() if s.kind == SPAN_KIND_SERVER]
+    assert len(servers) == 1, stderr
+    (server,) = servers
+    assert server.trace_id == TRACE_ID
+    assert server.parent_span_id == PARENT_ID
+    assert server.name == STATUS
+    assert "rpc.server.call.duration" in receiver.metric_names()
+    (metrics,) = receiver.metrics
+    assert {a.key: a.value.string_value for a in metrics.resource_metrics[0].resource.attributes}[
+        "service.name"
+    ] == "crishim-test"

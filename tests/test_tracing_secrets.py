@@ -1,0 +1,441 @@
+"""Secrets: pull with credentials, then find them nowhere.
+
+PullImage carries ``auth`` with distinctive values. Whatever backends are
+installed handle the pull (oci-dir answers from its layout or says
+FAILED_PRECONDITION; registry-cache, when installed, pulls from a fake
+registry on 127.0.0.1 that asks for those credentials and hands out a
+token). Then no span name, attribute, event or status message, no log
+line (caplog at DEBUG, and the server's stderr when it runs as
+``crishim serve``), no byte exported over OTLP and no error message the
+client gets may contain any of them.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from crishim.cri.runtime.v1 import api_pb2, api_pb2_grpc
+from crishim.manager import load_plugins
+from crishim.testing.ocibuild import BuiltImage, LayoutBuilder
+from crishim.testing.server import running_server, short_tempdir
+from tests.otlp_receivers import HttpReceiver, receiving
+
+LAYOUT = Path(__file__).resolve().parents[1] / "examples" / "layouts" / "demo"
+PRESENT = "example.com/crishim/web:1.0"
+ABSENT = "example.com/crishim/absent:1.0"
+PLATFORM = {"os": "linux", "architecture": "amd64"}
+
+USERNAME = "u-5a8d1e77"
+PASSWORD = "pw-0c4f9b2e1d7a"
+IDENTITY_TOKEN = "idtok-93e1b0c55f2a"
+REGISTRY_TOKEN = "regtok-6d2c8a4f0b19"
+#: What the fake token service hands out: a secret too.
+ISSUED_TOKEN = "issued-1f7e3c9a5b80"
+AUTH_FIELD = base64.b64encode(f"{USERNAME}:{PASSWORD}".encode()).decode()
+
+#: Every string that must never appear (the username is not a secret by itself,
+#: but crishim has no reason to repeat it either).
+SECRETS = (USERNAME, PASSWORD, IDENTITY_TOKEN, REGISTRY_TOKEN, ISSUED_TOKEN, AUTH_FIELD)
+
+#: How each registry-cache case authenticates: the PullImage auth fields it sets.
+AUTH_MODES: dict[str, dict[str, str]] = {
+    "password": {"username": USERNAME, "password": PASSWORD},
+    "auth-field": {"auth": AUTH_FIELD},
+    "identity-token": {"username": USERNAME, "identity_token": IDENTITY_TOKEN},
+    "registry-token": {"registry_token": REGISTRY_TOKEN},
+}
+EVERYTHING = {
+    "username": USERNAME,
+    "password": PASSWORD,
+    "auth": AUTH_FIELD,
+    "identity_token": IDENTITY_TOKEN,
+    "registry_token": REGISTRY_TOKEN,
+}
+
+
+@pytest.fixture(autouse=True)
+def _no_otel_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in list(os.environ):
+        if name.startswith("OTEL_"):
+            monkeypatch.delenv(name)
+
+
+def _installed_types() -> set[str]:
+    return set(load_plugins().backend_types())
+
+
+def _require(backend_type: str) -> None:
+    if backend_type not in _installed_types():
+        pytest.skip(f"backend type {backend_type!r} is not installed")
+
+
+# -- a registry that wants credentials -----------------------------------------------------------
+
+
+@dataclass
+class FakeRegistry:
+    """Serves one image as ``<host>/team/app:1``; every call needs a bearer token.
+
+    ``/token`` gives :data:`ISSUED_TOKEN` for Basic credentials
+    (``USERNAME:PASSWORD``) or the refresh token :data:`IDENTITY_TOKEN`;
+    :data:`REGISTRY_TOKEN` is accepted as a bearer token as it is. A 401
+    answer echoes nothing of the request.
+    """
+
+    image: BuiltImage
+    layout: Path
+    authorizations: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        registry = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def _send(
+                self, code: int, body: bytes = b"", headers: dict[str, str] | None = None
+            ) -> None:
+                self.send_response(code)
+                for k, v in (headers or {}).items():
+                    self.send_header(k, v)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(body)
+
+            def _token(self) -> None:
+                length = int(self.headers.get("content-length", "0") or 0)
+                form = self.rfile.read(length).decode() if length else ""
+                auth = self.headers.get("authorization", "")
+                basic = "Basic " + AUTH_FIELD
+                if auth == basic or f"refresh_token={IDENTITY_TOKEN}" in form:
+                    body = json.dumps({"token": ISSUED_TOKEN, "expires_in": 300}).encode()
+                    return self._send(200, body, {"Content-Type": "application/json"})
+                return self._send(401, b'{"errors":[{"code":"UNAUTHORIZED"}]}')
+
+            def do_POST(self) -> None:
+                if self.path.startswith("/token"):
+                    return self._token()
+                return self._send(404)
+
+            def do_GET(self) -> None:
+                if self.path.startswith("/token"):
+                    return self._token()
+                auth = self.headers.get("authorization", "")
+                registry.authorizations.append(auth)
+                if auth not in (f"Bearer {ISSUED_TOKEN}", f"Bearer {REGISTRY_TOKEN}"):
+                    challenge = (
+                        f'Bearer realm="http://127.0.0.1:{registry.port}/token",'
+                        'service="fake-registry"'
+                    )
+                    body = (
+                        b'{"errors":[{"code":"UNAUTHORIZED","message":"authentication required"}]}'
+                    )
+                    return self._send(
+                        401,
+                        body,
+                        {"WWW-Authenticate": challenge, "Content-Type": "application/json"},
+                    )
+                manifest = registry.image.manifest
+                if self.path == "/v2/":
+                    return self._send(200, b"{}")
+                if self.path in (
+                    "/v2/team/app/manifests/1",
+                    f"/v2/team/app/manifests/{manifest.digest}",
+                ):
+                    data = registry.blob(manifest.digest)
+                    return self._send(
+                        200,
+                        data,
+                        {
+                            "Content-Type": manifest.media_type,
+                            "Docker-Content-Digest": manifest.digest,
+                        },
+                    )
+                if self.path.startswith("/v2/team/app/blobs/sha256:"):
+                    digest = self.path.rsplit("/", 1)[1]
+                    path = registry.layout / "blobs" / "sha256" / digest.split(":", 1)[1]
+                    if path.is_file():
+                        return self._send(
+                            200, path.read_bytes(), {"Content-Type": "application/octet-stream"}
+                        )
+                body = b'{"errors":[{"code":"MANIFEST_UNKNOWN","message":"manifest unknown"}]}'
+                return self._send(404, body, {"Content-Type": "application/json"})
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._httpd.daemon_threads = True
+        self.port = self._httpd.server_address[1]
+        self.host = f"127.0.0.1:{self.port}"
+        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+        self._thread.start()
+
+    def blob(self, digest: str) -> bytes:
+        return (self.layout / "blobs" / "sha256" / digest.split(":", 1)[1]).read_bytes()
+
+    def stop(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        self._thread.join(timeout=5)
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeRegistry]:
+    root = tmp_path_factory.mktemp("registry") / "layout"
+    builder = LayoutBuilder(root)
+    image = builder.image(files={"app/secretless": "nothing to see\n"}, **PLATFORM)
+    builder.tag(image, "team/app:1")
+    builder.write()
+    fake = FakeRegistry(image, root)
+    yield fake
+    fake.stop()
+
+
+def _registry_backend(registry: FakeRegistry) -> dict[str, Any]:
+    return {
+        "name": "cache",
+        "type": "registry-cache",
+        "options": {
+            "registries": {
+                registry.host: {
+                    "endpoints": [{"url": f"http://{registry.host}", "plain_http": True}]
+                }
+            }
+        },
+    }
+
+
+OCI_DIR = {
+    "name": "demo",
+    "type": "oci-dir",
+    "options": {"path": str(LAYOUT), "repository": "example.com/crishim/hello"},
+}
+
+
+# -- what must not hold secrets ------------------------------------------------------------------
+
+
+def _span_texts(spans: tuple[ReadableSpan, ...] | list[ReadableSpan]) -> list[str]:
+    texts = []
+    for span in spans:
+        texts.append(span.name)
+        texts.extend(f"{k}={v}" for k, v in (span.attributes or {}).items())
+        for event in span.events:
+            texts.append(event.name)
+            texts.extend(f"{k}={v}" for k, v in (event.attributes or {}).items())
+        texts.append(span.status.description or "")
+        texts.extend(f"{k}={v}" for k, v in span.resource.attributes.items())
+    return texts
+
+
+def _assert_clean(where: str, texts: list[str]) -> None:
+    for secret in SECRETS:
+        leaks = [t for t in texts if secret in t]
+        assert not leaks, f"{where} holds a credential: {leaks[:3]}"
+
+
+def _pull(stub: api_pb2_grpc.ImageServiceStub, ref: str, auth: dict[str, str]) -> tuple[str, str]:
+    """(image_ref, "") or ("", the error's code and message)."""
+    request = api_pb2.PullImageRequest(
+        image=api_pb2.ImageSpec(image=ref),
+        auth=api_pb2.AuthConfig(server_address=ref.split("/", 1)[0], **auth),
+    )
+    try:
+        return stub.PullImage(request, timeout=60).image_ref, ""
+    except grpc.RpcError as exc:
+        return "", f"{exc.code().name}: {exc.details()}"
+
+
+@dataclass(frozen=True)
+class Case:
+    backend: str
+    #: (reference, auth fields, expected gRPC code name or "OK")
+    pulls: tuple[tuple[str, dict[str, str], str], ...]
+
+
+def _cases(registry: FakeRegistry | None, backend_type: str, mode: str) -> Case:
+    if backend_type == "oci-dir":
+        return Case(
+            "oci-dir",
+            ((PRESENT, EVERYTHING, "OK"), (ABSENT, EVERYTHING, "FAILED_PRECONDITION")),
+        )
+    assert registry is not None
+    auth = AUTH_MODES[mode]
+    wrong = {k: v[::-1] for k, v in auth.items()}  # refused: the message must not quote them
+    return Case(
+        "registry-cache",
+        (
+            (f"{registry.host}/team/app:1", auth, "OK"),
+            (f"{registry.host}/team/app:missing", auth, "NOT_FOUND"),
+            (f"{registry.host}/team/other:1", wrong, "ANY_ERROR"),
+        ),
+    )
+
+
+CASES = [
+    pytest.param("oci-dir", "-", id="oci-dir"),
+    *(pytest.param("registry-cache", mode, id=f"registry-cache-{mode}") for mode in AUTH_MODES),
+]
+
+
+@pytest.mark.parametrize(("backend_type", "mode"), CASES)
+def test_no_credential_in_spans_logs_or_errors(
+    backend_type: str,
+    mode: str,
+    registry: FakeRegistry,
+    caplog: pytest.LogCaptureFixture,
+    tmp_path: Path,
+) -> None:
+    _require(backend_type)
+    case = _cases(registry, backend_type, mode)
+    backend = OCI_DIR if backend_type == "oci-dir" else _registry_backend(registry)
+    exporter = InMemorySpanExporter()
+    config = {
+        "backends": [backend],
+        "platform": PLATFORM,
+        "logging": {"level": "debug"},
+        "tracing": {
+            "exporter": "otlp-grpc",
+            "endpoint": "http://127.0.0.1:9",
+            "sampler": "always_on",
+        },
+    }
+    caplog.set_level(logging.DEBUG)
+    errors: list[str] = []
+    registry.authorizations.clear()
+    with running_server(config, overrides={"span_exporter": exporter}) as shim:
+        for ref, auth, expected in case.pulls:
+            image_ref, error = _pull(shim.images, ref, auth)
+            if expected == "OK":
+                assert image_ref.startswith("sha256:"), error
+            elif expected == "ANY_ERROR":
+                assert error, f"pulling {ref} with wrong credentials succeeded"
+            else:
+                assert error.startswith(expected), error
+            errors.append(error)
+        provider = shim.app.tracer_provider()
+        assert provider is not None
+        provider.force_flush()
+        spans = exporter.get_finished_spans()
+
+    pulls = [s for s in spans if s.name == "runtime.v1.ImageService/PullImage"]
+    assert len(pulls) == len(case.pulls)
+    if backend_type == "registry-cache":
+        # the credentials really were used: the registry saw the token they bought
+        assert any(a.startswith("Bearer ") for a in registry.authorizations)
+        assert any(s.name == f"pull_image {backend['name']}" for s in spans)
+    _assert_clean("a span", _span_texts(spans))
+    _assert_clean("an error message", errors)
+    log_lines = [r.getMessage() for r in caplog.records] + [caplog.text]
+    _assert_clean("a log record", log_lines)
+
+
+def _wait_ready(sock: Path, proc: subprocess.Popen[str]) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"server exited early: {proc.communicate()}")
+        if sock.exists():
+            with grpc.insecure_channel(f"unix:{sock}") as channel:
+                try:
+                    health_pb2_grpc.HealthStub(channel).Check(
+                        health_pb2.HealthCheckRequest(), timeout=1
+                    )
+                    return
+                except grpc.RpcError:
+                    pass
+        time.sleep(0.05)
+    raise AssertionError("server did not come up")
+
+
+@pytest.fixture
+def http_receiver() -> Iterator[HttpReceiver]:
+    for receiver in receiving("http"):
+        assert isinstance(receiver, HttpReceiver)
+        yield receiver
+
+
+def test_serve_process_stderr_and_exported_bytes_hold_no_credential(
+    tmp_path: Path, registry: FakeRegistry, http_receiver: HttpReceiver
+) -> None:
+    types = _installed_types()
+    backends = [OCI_DIR]
+    pulls = [(PRESENT, EVERYTHING), (ABSENT, EVERYTHING)]
+    if "registry-cache" in types:
+        backends.append(_registry_backend(registry))
+        pulls = [
+            (f"{registry.host}/team/app:1", AUTH_MODES["password"]),
+            (f"{registry.host}/team/app:1", AUTH_MODES["identity-token"]),
+            (f"{registry.host}/team/app:nope", AUTH_MODES["registry-token"]),
+            (f"{registry.host}/team/x:1", {"username": USERNAME, "password": PASSWORD[::-1]}),
+        ]
+    sockdir = short_tempdir()
+    sock = sockdir / "crishim.sock"
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        json.dumps(
+            {
+                "server": {"listen": f"unix://{sock}"},
+                "state_dir": str(tmp_path / "state"),
+                "platform": PLATFORM,
+                "logging": {"level": "debug", "format": "json"},
+                "backends": backends,
+                "tracing": {
+                    "exporter": "otlp-http",
+                    "endpoint": http_receiver.endpoint,
+                    "sampler": "always_on",
+                },
+                "metrics": {"exporter": "otlp-http", "endpoint": http_receiver.endpoint},
+            }
+        )
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "crishim.cli", "serve", "--config", str(config)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    errors = []
+    try:
+        _wait_ready(sock, proc)
+        with grpc.insecure_channel(f"unix:{sock}") as channel:
+            stub = api_pb2_grpc.ImageServiceStub(channel)
+            for ref, auth in pulls:
+                errors.append(_pull(stub, ref, auth)[1])
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        stdout, stderr = proc.communicate()
+        for child in sorted(sockdir.rglob("*"), reverse=True):
+            child.unlink() if not child.is_dir() else child.rmdir()
+        sockdir.rmdir()
+    assert len([s for s in http_receiver.spans() if s.name.endswith("/PullImage")]) == len(pulls)
+    _assert_clean("the server's stderr", stderr.splitlines())
+    _assert_clean("the server's stdout", stdout.splitlines())
+    _assert_clean("an error message", errors)
+    raw = http_receiver.raw_bytes()
+    for secret in SECRETS:
+        assert secret.encode() not in raw, "an exported span or metric holds a credential"
