@@ -3,21 +3,36 @@
 The catalog asks backends in the configured order; the first that knows an
 image answers, and its answer is completed with the names other backends
 give the same image ID. A backend that raises costs its own answer: the
-error is logged with the backend's name and the next backend is asked.
+error is logged with the backend's name and the next backend is asked. A
+backend with a ``timeout`` is called on its own bounded worker pool and
+given up on past it; the others are called directly.
+
+Filters judge every record a backend returns, in the configured order; a
+hidden record is absent for ImageStatus and RemoveImage and left out of
+lists unless its verdict says ``listed``. The verdict is computed once per
+record and kept with it; with no filters configured nothing is judged.
 """
 
 from __future__ import annotations
 
+import contextvars
 import logging
+import queue
+import threading
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
-from typing import TypeVar
+from concurrent.futures import Future
+from dataclasses import dataclass, replace
+from operator import methodcaller
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from crishim.errors import AmbiguousReference, BackendError, CrishimError, NotSupported
 from crishim.index import merge_records
 from crishim.model import Answer, FilesystemUsage, ImageRecord
 from crishim.reference import Reference, RefKind
-from crishim.types import Backend, Puller, PullRequest
+from crishim.types import VISIBLE, Backend, Filter, Puller, PullRequest, Verdict
+
+if TYPE_CHECKING:
+    from crishim.tracing import PluginTelemetry
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -30,6 +45,153 @@ class BackendHandle:
     name: str
     type: str
     backend: Backend
+    #: Seconds a call may take (lookups, lists, usage); None: called directly.
+    timeout: float | None = None
+
+
+@dataclass(frozen=True)
+class FilterHandle:
+    """A configured filter instance: its config name, its type, the object."""
+
+    name: str
+    type: str
+    filter: Filter
+
+
+class FilterChain:
+    """The configured filters, in order; one verdict per record, kept with it.
+
+    Records are immutable, so a record is judged the first time it is seen
+    and the verdict stored in ``record.cache`` under a key private to this
+    chain. The first filter that hides a record decides. A filter that
+    raises (or returns something else than a Verdict) hides the record: it
+    could not be shown to be fit for the CRI; the error is logged once.
+    """
+
+    def __init__(
+        self, filters: Sequence[FilterHandle], telemetry: PluginTelemetry | None = None
+    ) -> None:
+        self.filters = tuple(filters)
+        self.telemetry = telemetry
+        self._key = object()
+
+    def verdict(self, record: ImageRecord) -> Verdict:
+        verdict: Verdict | None = record.cache.get(self._key)
+        if verdict is None:
+            verdict = record.cache[self._key] = self._judge(record)
+        return verdict
+
+    def hides(self, record: ImageRecord, backend: str, asked: object) -> bool:
+        """True when ``record`` is hidden; says why at debug level."""
+        verdict: Verdict | None = record.cache.get(self._key)
+        if verdict is None:
+            verdict = self.verdict(record)
+        if verdict.hidden:
+            log.debug(
+                "image %s (asked as %s) from backend %s is hidden by filter %s: %s",
+                record.id,
+                asked,
+                backend,
+                verdict.filter,
+                verdict.reason,
+            )
+        return verdict.hidden
+
+    def _judge(self, record: ImageRecord) -> Verdict:
+        for handle in self.filters:
+            check: Callable[[ImageRecord], Verdict] = handle.filter.check
+            if self.telemetry is not None:
+                check = self.telemetry.wrap(handle.name, handle.type, "check", check, kind="filter")
+            try:
+                verdict = check(record)
+                if not isinstance(verdict, Verdict):
+                    raise TypeError(f"check returned {type(verdict).__name__}, not a Verdict")
+            except Exception as exc:
+                log.exception(
+                    "filter %s failed on image %s; hiding the image", handle.name, record.id
+                )
+                return Verdict(True, f"filter {handle.name} failed: {exc!r}", filter=handle.name)
+            if verdict.hidden:
+                return replace(verdict, filter=handle.name)
+        return VISIBLE
+
+
+class BackendTimeout(TimeoutError):
+    """A backend did not answer within its ``timeout``."""
+
+
+class BackendBusy(RuntimeError):
+    """Every worker of a backend with a ``timeout`` is held by a call still running."""
+
+
+_Task = tuple[Future[Any], contextvars.Context, Callable[[Backend], Any], Backend]
+
+
+class TimedCaller:
+    """Calls one backend on its own bounded pool of daemon threads.
+
+    The caller waits at most ``timeout`` seconds for the answer. A call past
+    its timeout keeps its worker until the backend returns; when every
+    worker is held, the next call fails at once (BackendBusy) instead of
+    queueing behind a hung backend. So a hung plugin holds a server thread
+    for at most ``timeout``, and at most ``workers`` threads of its own.
+    """
+
+    def __init__(self, name: str, timeout: float, workers: int) -> None:
+        self.name = name
+        self.timeout = timeout
+        self.workers = workers
+        self._slots = threading.BoundedSemaphore(workers)
+        self._tasks: queue.SimpleQueue[_Task | None] = queue.SimpleQueue()
+        self._threads: list[threading.Thread] = []
+        self._lock = threading.Lock()
+
+    def call(self, fn: Callable[[Backend], T], backend: Backend) -> T:
+        if not self._slots.acquire(blocking=False):
+            raise BackendBusy(
+                f"all {self.workers} workers are held by calls that have not returned "
+                f"within the {self.timeout}s timeout"
+            )
+        if not self._threads:
+            self._start()
+        future: Future[T] = Future()
+        self._tasks.put((future, contextvars.copy_context(), fn, backend))
+        try:
+            return future.result(self.timeout)
+        except TimeoutError:
+            if not future.done():
+                raise BackendTimeout(f"no answer within {self.timeout}s") from None
+        return future.result(0)  # it finished just then, or raised TimeoutError itself
+
+    def close(self) -> None:
+        """Let idle workers exit; a worker stuck in a hung call is a daemon."""
+        for _ in self._threads:
+            self._tasks.put(None)
+
+    def _start(self) -> None:
+        with self._lock:
+            while len(self._threads) < self.workers:
+                thread = threading.Thread(
+                    target=self._work,
+                    name=f"backend-{self.name}-{len(self._threads)}",
+                    daemon=True,
+                )
+                thread.start()
+                self._threads.append(thread)
+
+    def _work(self) -> None:
+        while (task := self._tasks.get()) is not None:
+            future, context, fn, backend = task
+            try:
+                if future.set_running_or_notify_cancel():
+                    try:
+                        result = context.run(fn, backend)
+                    except BaseException as exc:
+                        future.set_exception(exc)
+                    else:
+                        future.set_result(result)
+            finally:
+                self._slots.release()
 
 
 class PinnedPolicy:
@@ -58,10 +220,23 @@ class Catalog:
         pinned: PinnedPolicy | None = None,
         *,
         fail_on_backend_error: bool = False,
+        telemetry: PluginTelemetry | None = None,
+        filters: Sequence[FilterHandle] = (),
+        timeout_workers: int = 4,
     ) -> None:
         self.backends = tuple(backends)
         self.pinned = pinned or PinnedPolicy()
         self.fail_on_backend_error = fail_on_backend_error
+        #: A child span and an outcome count per plugin call; None: neither (no cost).
+        self.telemetry = telemetry
+        #: The filters, in order; None when there are none (nothing is judged).
+        self.filters = FilterChain(filters, telemetry) if filters else None
+        #: A bounded worker pool per backend with a ``timeout``.
+        self._timed = {
+            h.name: TimedCaller(h.name, h.timeout, timeout_workers)
+            for h in self.backends
+            if h.timeout is not None
+        }
 
     # -- lifecycle -------------------------------------------------------
 
@@ -75,6 +250,8 @@ class Catalog:
                 handle.backend.close()
             except Exception:
                 log.exception("backend %s failed to close", handle.name)
+        for caller in self._timed.values():
+            caller.close()
 
     # -- calls -----------------------------------------------------------
 
@@ -97,6 +274,8 @@ class Catalog:
         for handle in self.backends:
             records = self._call(handle, "list_images", lambda b: list(b.list_images()))
             for record in records or ():
+                if self.filters is not None and not self._listable(record, handle.name):
+                    continue
                 seen = merged.get(record.id)
                 if seen is None:
                     merged[record.id] = (record, handle.name)
@@ -116,8 +295,8 @@ class Catalog:
         image_id = answer.record.id
         for handle in self.backends:
             record = self._call(handle, "get_image", lambda b: b.get_image(_id_ref(image_id)))
-            if record is not None:
-                handle.backend.remove_image(record)
+            if record is not None and not self._hidden(record, handle.name, image_id):
+                self._traced(handle, "remove_image", methodcaller("remove_image", record))
         return answer
 
     def filesystem_usage(self) -> list[FilesystemUsage]:
@@ -148,8 +327,16 @@ class Catalog:
         ref = request.ref
         for handle in self.backends:
             if isinstance(handle.backend, Puller):
-                record = handle.backend.pull_image(request)
+                record: ImageRecord = self._traced(
+                    handle, "pull_image", methodcaller("pull_image", request)
+                )
                 answer = self.image_status(_id_ref(record.id))
+                if answer is None and self.filters is not None:
+                    verdict = self.filters.verdict(record)
+                    if verdict.hidden:
+                        raise NotSupported(
+                            f"pulled {ref}, but filter {verdict.filter} hides it: {verdict.reason}"
+                        )
                 return answer if answer is not None else self._answer(record, handle.name)
         answer = self.image_status(ref)
         if answer is not None:
@@ -166,6 +353,8 @@ class Catalog:
         for i, handle in enumerate(backends):
             record = self._call(handle, "get_image", lambda b: b.get_image(ref))
             if record is not None:
+                if self.filters is not None and self.filters.hides(record, handle.name, ref):
+                    continue
                 if len(backends) > 1:
                     record = self._complete(record, i)
                 return self._answer(record, handle.name)
@@ -184,6 +373,8 @@ class Catalog:
                 other: ImageRecord | None = record
             else:
                 other = self._call(handle, "get_image", lambda b: b.get_image(id_ref))
+                if other is not None and self._hidden(other, handle.name, id_ref):
+                    continue
             if other is not None:
                 merged = other if merged is None else merge_records(merged, other)
         return merged if merged is not None else record
@@ -194,6 +385,8 @@ class Catalog:
             found = self._call(
                 handle, "match_id_prefix", lambda b: b.match_id_prefix(ref.id_prefix)
             )
+            if found and self.filters is not None:
+                found = [i for i in found if self._visible_in(handle, i)]
             ids.update(found or ())
             if len(ids) > 1:
                 raise AmbiguousReference(
@@ -214,8 +407,10 @@ class Catalog:
         return answer
 
     def _call(self, handle: BackendHandle, what: str, fn: Callable[[Backend], T]) -> T | None:
+        if self.telemetry is not None:
+            fn = self.telemetry.wrap(handle.name, handle.type, what, fn)
         try:
-            return fn(handle.backend)
+            return fn(handle.backend) if handle.timeout is None else self._timed_call(handle, fn)
         except CrishimError:
             raise
         except Exception as exc:
@@ -223,6 +418,40 @@ class Catalog:
                 raise BackendError(handle.name, f"{what} failed: {exc!r}") from exc
             log.exception("backend %s: %s failed; asking the next backend", handle.name, what)
             return None
+
+    def _timed_call(self, handle: BackendHandle, fn: Callable[[Backend], T]) -> T:
+        """``fn(handle.backend)`` on the backend's pool, waiting at most its timeout."""
+        return self._timed[handle.name].call(fn, handle.backend)
+
+    def _hidden(self, record: ImageRecord, backend: str, asked: object) -> bool:
+        return self.filters is not None and self.filters.hides(record, backend, asked)
+
+    def _listable(self, record: ImageRecord, backend: str) -> bool:
+        """Whether ListImages/StreamImages show ``record`` (filters configured)."""
+        assert self.filters is not None
+        verdict = self.filters.verdict(record)
+        if verdict.hidden and not verdict.listed:
+            log.debug(
+                "list: image %s from backend %s is hidden by filter %s: %s",
+                record.id,
+                backend,
+                verdict.filter,
+                verdict.reason,
+            )
+            return False
+        return True
+
+    def _visible_in(self, handle: BackendHandle, image_id: str) -> bool:
+        """Whether the backend's image of this ID passes the filters."""
+        assert self.filters is not None
+        record = self._call(handle, "get_image", lambda b: b.get_image(_id_ref(image_id)))
+        return record is not None and not self.filters.verdict(record).hidden
+
+    def _traced(self, handle: BackendHandle, what: str, fn: Callable[[Backend], T]) -> T:
+        """``fn(handle.backend)`` in a plugin span; errors propagate (writes, pulls)."""
+        if self.telemetry is not None:
+            fn = self.telemetry.wrap(handle.name, handle.type, what, fn)
+        return fn(handle.backend)
 
 
 def _id_ref(image_id: str) -> Reference:

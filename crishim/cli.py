@@ -16,6 +16,7 @@ from crishim.container import make_application
 from crishim.errors import CrishimError
 from crishim.manager import PluginError, PluginInfo, load_plugins
 from crishim.server import SocketError, run_until_signalled
+from crishim.types import PullAuth, PullProgress, PullRequest
 
 log = logging.getLogger("crishim")
 
@@ -81,11 +82,28 @@ def serve(config_path: str, listen: str | None, strict_plugins: bool | None) -> 
         server.start()
     except (SocketError, CrishimError) as exc:
         catalog.close()
+        app.shutdown_resources()
         _fail(str(exc), EXIT_RUNTIME)
     try:
         run_until_signalled(server, settings.server.grace_period)
     finally:
         catalog.close()
+        app.shutdown_resources()  # flushes spans and metrics still held
+
+
+_SECRET_WORDS = ("password", "token", "secret", "auth", "credential", "key")
+
+
+def _redact(value: object, key: str = "") -> object:
+    """Config values as printed: anything under a secret-sounding key is masked."""
+    if isinstance(value, dict):
+        return {k: _redact(v, str(k)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_redact(v, key) for v in value]
+    lowered = key.lower()
+    if value and any(word in lowered for word in _SECRET_WORDS) and not lowered.endswith("_file"):
+        return "<redacted>"
+    return value
 
 
 @main.command("check-config")
@@ -97,6 +115,8 @@ def check_config(config_path: str) -> None:
     try:
         plugins = app.plugins()
         handles = app.backends()
+        filters = app.filters()
+        tracing_setup, metrics_setup = app.tracing_setup(), app.metrics_setup()
     except (ConfigError, PluginError) as exc:
         _fail(f"invalid config:\n{exc}" if isinstance(exc, ConfigError) else str(exc), EXIT_CONFIG)
     types = plugins.backend_types()
@@ -108,14 +128,23 @@ def check_config(config_path: str) -> None:
     for i, handle in enumerate(handles, 1):
         bt = types[handle.type]
         origin = f"{bt.package} {bt.version}".strip() or "unknown package"
-        options = json.dumps(entries[handle.name].options, sort_keys=True, default=str)
+        options = json.dumps(_redact(entries[handle.name].options), sort_keys=True, default=str)
         click.echo(f"  {i}. {handle.name}: type {handle.type} ({origin}) options {options}")
     for entry in settings.backends:
         if not entry.enabled:
             click.echo(f"  -  {entry.name}: type {entry.type} (disabled)")
+    default_chain = " (the default chain)" if settings.filters is None else ""
+    click.echo(f"filters (applied in this order){default_chain}:")
+    for i, fh in enumerate(filters, 1):
+        click.echo(f"  {i}. {fh.name}: type {fh.type}")
+    if not filters:
+        click.echo("  none")
     if settings.pinned:
         click.echo("pinned: " + ", ".join(settings.pinned))
+    click.echo(f"tracing: {tracing_setup.describe()}")
+    click.echo(f"metrics: {metrics_setup.describe()}")
     _echo_plugins(plugins.infos)
+    app.shutdown_resources()
 
 
 @main.command("plugins")
@@ -124,6 +153,7 @@ def list_plugins() -> None:
     try:
         pm = load_plugins()
         types = pm.backend_types()
+        filter_types = pm.filter_types()
     except PluginError as exc:
         _fail(str(exc), EXIT_CONFIG)
     _echo_plugins(pm.infos)
@@ -131,6 +161,10 @@ def list_plugins() -> None:
     for name, bt in sorted(types.items()):
         origin = f"{bt.package} {bt.version}".strip() or "unknown package"
         click.echo(f"  {name}: {origin}" + (f" - {bt.description}" if bt.description else ""))
+    click.echo("filter types:")
+    for name, ft in sorted(filter_types.items()):
+        origin = f"{ft.package} {ft.version}".strip() or "unknown package"
+        click.echo(f"  {name}: {origin}" + (f" - {ft.description}" if ft.description else ""))
 
 
 def _echo_plugins(infos: Sequence[PluginInfo]) -> None:
@@ -144,6 +178,185 @@ def _echo_plugins(infos: Sequence[PluginInfo]) -> None:
             state = f"FAILED: {info.error}"
         origin = f"{info.package} {info.version}".strip()
         click.echo(f"  {info.name} = {info.value} [{origin}] {state}")
+
+
+EXIT_INTERRUPTED = 130
+
+
+@main.command("pull")
+@click.option(
+    "--config",
+    "config_path",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="YAML config file.",
+)
+@click.option("--username", default=None, help="Registry username (password: --password-stdin).")
+@click.option("--password-stdin", is_flag=True, help="Read the registry password from stdin.")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Give up after this many seconds.",
+)
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars; print the image ID only.")
+@click.argument("image")
+def pull_command(
+    config_path: str,
+    username: str | None,
+    password_stdin: bool,
+    timeout: float | None,
+    quiet: bool,
+    image: str,
+) -> None:
+    """Pull IMAGE into the store, as PullImage does, without a server.
+
+    For pre-loading nodes (air-gapped ones too): the first backend of the
+    config that pulls fetches IMAGE into its store, where a server using the
+    same config finds it. Prints the image ID.
+    """
+    import signal
+    import threading
+    import time
+
+    from crishim import reference
+
+    settings = _load(config_path)
+    logs.configure("warning", settings.logging.format)
+    try:
+        ref = reference.parse(image)
+    except reference.ReferenceError as exc:
+        _fail(str(exc), EXIT_CONFIG)
+    auth = None
+    if password_stdin and username is None:
+        _fail("--password-stdin needs --username", EXIT_CONFIG)
+    if username is not None:
+        password = sys.stdin.readline().rstrip("\r\n") if password_stdin else ""
+        auth = PullAuth(username=username, password=password)
+    app = make_application(settings)
+    try:
+        catalog = app.catalog()
+    except (ConfigError, PluginError) as exc:
+        _fail(f"invalid config:\n{exc}" if isinstance(exc, ConfigError) else str(exc), EXIT_CONFIG)
+    interrupted = threading.Event()
+    previous = signal.signal(signal.SIGINT, lambda *_: interrupted.set())
+    bars = _PullBars(enabled=not quiet)
+    try:
+        catalog.start()
+        with bars:
+            answer = catalog.pull_image(
+                PullRequest(
+                    ref=ref,
+                    auth=auth,
+                    deadline=None if timeout is None else time.monotonic() + timeout,
+                    cancelled=interrupted.is_set,
+                    progress=bars.update,
+                )
+            )
+    except CrishimError as exc:
+        code = EXIT_INTERRUPTED if interrupted.is_set() else EXIT_RUNTIME
+        _fail(str(exc), code)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        catalog.close()
+        app.shutdown_resources()
+    click.echo(answer.record.id)
+
+
+@main.command("images")
+@click.option(
+    "--config",
+    "config_path",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="YAML config file.",
+)
+@click.option("--quiet", "-q", is_flag=True, help="Print image IDs only.")
+def images_command(config_path: str, quiet: bool) -> None:
+    """List the images the configured backends hold, without a server."""
+    settings = _load(config_path)
+    logs.configure("warning", settings.logging.format)
+    app = make_application(settings)
+    try:
+        catalog = app.catalog()
+    except (ConfigError, PluginError) as exc:
+        _fail(f"invalid config:\n{exc}" if isinstance(exc, ConfigError) else str(exc), EXIT_CONFIG)
+    try:
+        catalog.start()
+        answers = catalog.list_images()
+    except CrishimError as exc:
+        _fail(str(exc), EXIT_RUNTIME)
+    finally:
+        catalog.close()
+        app.shutdown_resources()
+    rows = sorted(
+        answers, key=lambda a: (a.record.repo_tags or a.record.repo_digests or (a.record.id,))[0]
+    )
+    if quiet:
+        for answer in rows:
+            click.echo(answer.record.id)
+        return
+    click.echo(f"{'IMAGE ID':<13}  {'SIZE':>9}  {'BACKEND':<12}  NAMES")
+    for answer in rows:
+        record = answer.record
+        names = ", ".join(record.repo_tags or record.repo_digests) or "<none>"
+        short = record.id.partition(":")[2][:13]
+        click.echo(f"{short:<13}  {_human_size(record.size):>9}  {answer.backend:<12}  {names}")
+
+
+def _human_size(size: int) -> str:
+    value = float(size)
+    for unit in ("B", "kB", "MB", "GB"):
+        if value < 1000 or unit == "GB":
+            return f"{value:.0f}{unit}" if unit == "B" else f"{value:.1f}{unit}"
+        value /= 1000
+    return f"{size}B"  # pragma: no cover
+
+
+class _PullBars:
+    """A progress bar per blob of a pull (rich, on stderr); thread-safe."""
+
+    def __init__(self, enabled: bool) -> None:
+        import threading
+
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            DownloadColumn,
+            Progress,
+            TaskID,
+            TextColumn,
+            TransferSpeedColumn,
+        )
+
+        self._progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            console=Console(stderr=True),
+            disable=not enabled,
+        )
+        self._tasks: dict[str, TaskID] = {}
+        self._lock = threading.Lock()
+
+    def __enter__(self) -> _PullBars:
+        self._progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._progress.stop()
+
+    def update(self, event: PullProgress) -> None:
+        with self._lock:
+            task = self._tasks.get(event.digest)
+            if task is None:
+                task = self._progress.add_task("", total=event.total)
+                self._tasks[event.digest] = task
+        short = event.digest.partition(":")[2][:12]
+        self._progress.update(
+            task, description=f"{event.kind:<6} {short} {event.state}", completed=event.done
+        )
 
 
 if __name__ == "__main__":  # pragma: no cover

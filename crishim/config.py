@@ -47,10 +47,36 @@ class ServerSettings(_Model):
     grace_period: float = Field(default=10.0, ge=0, le=600)
     max_recv_message_size: int = Field(default=DEFAULT_MESSAGE_SIZE, ge=64 * 1024)
     max_send_message_size: int = Field(default=DEFAULT_MESSAGE_SIZE, ge=64 * 1024)
+    #: StreamImages messages stay under this many bytes (and under half the
+    #: send limit, whichever is smaller).
+    stream_batch_bytes: int = Field(default=1024 * 1024, ge=1024)
     #: Threads serving calls; ImageStatus is answered from memory, so few suffice.
     workers: int = Field(default=4, ge=1, le=256)
+    #: PullImage calls running at once; each has a thread of its own on top
+    #: of ``workers``, so pulls never starve ImageStatus. One more is refused
+    #: with RESOURCE_EXHAUSTED (kubelet retries); keep kubelet's
+    #: maxParallelImagePulls at or below this.
+    max_concurrent_pulls: int = Field(default=4, ge=1, le=64)
     #: Mode of the socket file.
     socket_mode: int = 0o660
+
+    @field_validator("socket_mode", mode="before")
+    @classmethod
+    def _octal(cls, value: object) -> object:
+        # YAML reads 0660 as octal but 0o660 as a string; accept both spellings
+        if isinstance(value, str):
+            try:
+                return int(value.removeprefix("0o").removeprefix("0O"), 8)
+            except ValueError:
+                raise ValueError("must be an octal file mode such as 0o660") from None
+        return value
+
+    @field_validator("socket_mode")
+    @classmethod
+    def _mode_range(cls, value: int) -> int:
+        if not 0 <= value <= 0o777:
+            raise ValueError("must be a file mode between 0o000 and 0o777")
+        return value
 
     @field_validator("listen")
     @classmethod
@@ -86,6 +112,10 @@ class BackendSettings(_Model):
     type: str
     enabled: bool = True
     options: dict[str, Any] = Field(default_factory=dict)
+    #: Seconds a lookup, list or usage call may take; past it the backend's
+    #: answer is given up (logged, the next backend asked). Unset: calls are
+    #: direct, with no thread hand-off.
+    timeout: float | None = Field(default=None, gt=0, le=600)
 
     @field_validator("name")
     @classmethod
@@ -97,11 +127,114 @@ class BackendSettings(_Model):
         return value
 
 
+class FilterSettings(_Model):
+    name: str
+    type: str
+    enabled: bool = True
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        return BackendSettings._name(value)
+
+
 class PluginSettings(_Model):
     #: Entry-point names of plugins not to load (also: CRISHIM_DISABLE_PLUGINS).
     disabled: list[str] = Field(default_factory=list)
     #: A plugin that fails to load stops start-up instead of being skipped.
     strict: bool = False
+
+
+# -- telemetry (docs/tracing.md): a key left unset lets the OTEL_* variable speak --
+
+Exporter = Literal["none", "console", "otlp-grpc", "otlp-http"]
+Sampler = Literal[
+    "always_on",
+    "always_off",
+    "traceidratio",
+    "parentbased_always_on",
+    "parentbased_always_off",
+    "parentbased_traceidratio",
+]
+_HEADER_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+class _Export(_Model):
+    #: none | console | otlp-grpc | otlp-http (unset: OTEL_TRACES_EXPORTER or
+    #: OTEL_METRICS_EXPORTER with OTEL_EXPORTER_OTLP_PROTOCOL; else none).
+    exporter: Exporter | None = None
+    #: ``http[s]://host:port``; for otlp-http a bare URL gets ``/v1/traces``
+    #: (``/v1/metrics``) appended. Unset: OTEL_EXPORTER_OTLP_*ENDPOINT.
+    endpoint: str | None = None
+    #: Sent with every export (e.g. an API key); merged over
+    #: OTEL_EXPORTER_OTLP_*HEADERS. Values are never printed or logged.
+    headers: dict[str, str] = Field(default_factory=dict)
+    #: Seconds one export may take (unset: OTEL_EXPORTER_OTLP_*TIMEOUT, else 10).
+    timeout: float | None = Field(default=None, gt=0, le=600)
+
+    @field_validator("endpoint")
+    @classmethod
+    def _endpoint(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an http:// or https:// URL such as http://127.0.0.1:4317")
+        if parts.username is not None or parts.password is not None:
+            raise ValueError("must not hold credentials: put them in headers")
+        if parts.query or parts.fragment:
+            raise ValueError("must not have a query string or fragment")
+        return value
+
+    @field_validator("headers")
+    @classmethod
+    def _headers(cls, value: dict[str, str]) -> dict[str, str]:
+        for name in value:
+            if not _HEADER_RE.match(name):
+                raise ValueError(f"header name {name!r} is not a valid HTTP/gRPC header name")
+        return {name.lower(): v for name, v in value.items()}
+
+
+class BatchSettings(_Model):
+    """The batch span processor: spans are queued and exported in batches."""
+
+    max_queue_size: int = Field(default=2048, ge=1)
+    #: Seconds between two exports.
+    schedule_delay: float = Field(default=5.0, gt=0, le=600)
+    max_export_batch_size: int = Field(default=512, ge=1)
+    #: Seconds an export may take before it is abandoned.
+    export_timeout: float = Field(default=30.0, gt=0, le=600)
+
+
+class TracingSettings(_Export):
+    #: How spans are sampled (unset: OTEL_TRACES_SAMPLER, else
+    #: parentbased_always_on: kubelet's decision is followed).
+    sampler: Sampler | None = None
+    #: The ratio of the *traceidratio samplers, 0..1 (unset: OTEL_TRACES_SAMPLER_ARG, else 1).
+    sampler_arg: float | None = Field(default=None, ge=0, le=1)
+    #: ``service.name`` (unset: OTEL_SERVICE_NAME, else crishim).
+    service_name: str | None = None
+    batch: BatchSettings = Field(default_factory=BatchSettings)
+
+
+class PrometheusSettings(_Model):
+    """A Prometheus scrape endpoint (``GET /metrics``) served by crishim."""
+
+    host: str = "127.0.0.1"
+    #: 0 picks a free port (logged at start-up).
+    port: int = Field(default=9464, ge=0, le=65535)
+
+
+class MetricsSettings(_Export):
+    #: Seconds between two pushes to the exporter (unset: OTEL_METRIC_EXPORT_INTERVAL, else 60).
+    interval: float | None = Field(default=None, gt=0, le=3600)
+    #: ``service.name`` (unset: OTEL_SERVICE_NAME, else crishim).
+    service_name: str | None = None
+    #: Also serve the metrics for scraping (independent of ``exporter``).
+    prometheus: PrometheusSettings | None = None
 
 
 class Settings(_Model):
@@ -117,6 +250,16 @@ class Settings(_Model):
     #: gets ``<state_dir>/backends/<name>/``. Relative to the config file.
     state_dir: str = "/var/lib/crishim"
     plugins: PluginSettings = Field(default_factory=PluginSettings)
+    #: Filters every image a backend returns passes, in this order. Absent:
+    #: the default chain (filter types that declare themselves part of it,
+    #: e.g. embedded-filter); ``[]``: no filters.
+    filters: list[FilterSettings] | None = None
+    #: A backend that raises or times out fails the call (INTERNAL) instead
+    #: of costing only its own answer.
+    fail_on_backend_error: bool = False
+    #: OpenTelemetry traces and metrics (off unless configured; docs/tracing.md).
+    tracing: TracingSettings = Field(default_factory=TracingSettings)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
 
     #: Where the file was read from; relative paths resolve against its directory.
     source: str = Field(default="<memory>", exclude=True)
@@ -137,6 +280,16 @@ class Settings(_Model):
                 except reference.ReferenceError as exc:
                     raise ValueError(str(exc)) from exc
         return out
+
+    @field_validator("filters")
+    @classmethod
+    def _unique_filter_names(cls, filters: list[FilterSettings] | None) -> Any:
+        seen: set[str] = set()
+        for entry in filters or ():
+            if entry.name in seen:
+                raise ValueError(f"filter name {entry.name!r} is used twice")
+            seen.add(entry.name)
+        return filters
 
     @field_validator("backends")
     @classmethod
@@ -219,10 +372,13 @@ def load_settings(path: str | Path) -> Settings:
 M = TypeVar("M", bound=BaseModel)
 
 
-def validate_options(settings: Settings, index: int, model: type[M]) -> M:
-    """Validate ``backends[index].options`` with a backend type's model."""
-    raw = settings.backends[index].options
+def validate_options(
+    settings: Settings, index: int, model: type[M], section: str = "backends"
+) -> M:
+    """Validate ``backends[index].options`` (or ``filters[index]``) with a type's model."""
+    entries = (settings.filters or []) if section == "filters" else settings.backends
+    raw = entries[index].options
     try:
         return model.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(settings.source, _problems(exc, ("backends", index, "options"))) from None
+        raise ConfigError(settings.source, _problems(exc, (section, index, "options"))) from None

@@ -11,19 +11,26 @@ from __future__ import annotations
 import logging
 
 from dependency_injector import containers, providers
+from opentelemetry import trace
+from pydantic import ValidationError
 
 from crishim import config as config_mod
-from crishim.catalog import BackendHandle, Catalog, PinnedPolicy
-from crishim.config import ConfigError, Settings
-from crishim.manager import PluginManager, load_plugins
+from crishim import metrics, tracing
+from crishim.catalog import BackendHandle, Catalog, FilterHandle, PinnedPolicy
+from crishim.config import ConfigError, FilterSettings, Settings
+from crishim.manager import PluginError, PluginManager, load_plugins
 from crishim.server import Server
 from crishim.service import ImageService
-from crishim.types import Backend, BackendContext
+from crishim.types import Backend, BackendContext, FilterContext
 
 log = logging.getLogger(__name__)
 
 
-def build_backends(settings: Settings, plugins: PluginManager) -> list[BackendHandle]:
+def build_backends(
+    settings: Settings,
+    plugins: PluginManager,
+    tracer_provider: trace.TracerProvider | None = None,
+) -> list[BackendHandle]:
     """One instance per enabled ``backends[]`` entry, in config order."""
     types = plugins.backend_types()
     platform = settings.platform.resolve()
@@ -49,13 +56,68 @@ def build_backends(settings: Settings, plugins: PluginManager) -> list[BackendHa
             platform=platform,
             config_dir=settings.base_dir,
             state_dir=settings.state_path / "backends" / entry.name,
+            tracer_provider=tracer_provider or trace.NoOpTracerProvider(),
         )
         backend: Backend = backend_type.factory(context, options)
-        handles.append(BackendHandle(entry.name, entry.type, backend))
+        handles.append(BackendHandle(entry.name, entry.type, backend, timeout=entry.timeout))
     if problems:
         raise ConfigError(settings.source, problems)
     if not handles:
         raise ConfigError(settings.source, [("backends", "every backend is disabled")])
+    return handles
+
+
+def build_filters(settings: Settings, plugins: PluginManager) -> list[FilterHandle]:
+    """One instance per enabled ``filters[]`` entry, in config order.
+
+    Without a ``filters`` key: the default chain, one instance of every
+    filter type that declares ``default_chain_options``, in name order.
+    ``filters: []`` means no filters.
+    """
+    types = plugins.filter_types()
+    default = settings.filters is None
+    if settings.filters is None:
+        entries = [
+            FilterSettings(name=t.name, type=t.name, options=dict(t.default_chain_options))
+            for t in sorted(types.values(), key=lambda t: t.name)
+            if t.default_chain_options is not None
+        ]
+        if entries:
+            log.info("filters: the default chain: %s", ", ".join(e.name for e in entries))
+    else:
+        entries = settings.filters
+    handles: list[FilterHandle] = []
+    problems: list[tuple[str, str]] = []
+    for i, entry in enumerate(entries):
+        if not entry.enabled:
+            continue
+        filter_type = types.get(entry.type)
+        if filter_type is None:
+            known = ", ".join(sorted(types)) or "none"
+            problems.append(
+                (f"filters[{i}].type", f"unknown filter type {entry.type!r} (installed: {known})")
+            )
+            continue
+        if default:
+            try:
+                options = filter_type.options_model.model_validate(entry.options)
+            except ValidationError as exc:
+                raise PluginError(
+                    f"filter type {entry.type!r} ({filter_type.package or 'unknown package'}): "
+                    f"its default_chain_options are invalid: {exc}"
+                ) from None
+        else:
+            try:
+                options = config_mod.validate_options(
+                    settings, i, filter_type.options_model, "filters"
+                )
+            except ConfigError as exc:
+                problems.extend(exc.problems)
+                continue
+        context = FilterContext(name=entry.name, config_dir=settings.base_dir)
+        handles.append(FilterHandle(entry.name, entry.type, filter_type.factory(context, options)))
+    if problems:
+        raise ConfigError(settings.source, problems)
     return handles
 
 
@@ -70,16 +132,67 @@ class Application(containers.DeclarativeContainer):
         strict=settings.provided.plugins.strict,
     )
 
-    backends = providers.ThreadSafeSingleton(build_backends, settings=settings, plugins=plugins)
+    # -- telemetry (crishim.tracing, crishim.metrics): all None when off --
+    tracing_setup = providers.ThreadSafeSingleton(
+        tracing.resolve_tracing, settings.provided.tracing
+    )
+    span_exporter = providers.ThreadSafeSingleton(tracing.make_span_exporter, tracing_setup)
+    #: shut down (the batch exported) by app.shutdown_resources()
+    tracer_provider = providers.Resource(
+        tracing.tracer_provider_resource, tracing_setup, span_exporter
+    )
+    metrics_setup = providers.ThreadSafeSingleton(
+        metrics.resolve_metrics,
+        settings.provided.metrics,
+        tracing_settings=settings.provided.tracing,
+    )
+    metric_readers = providers.ThreadSafeSingleton(metrics.make_metric_readers, metrics_setup)
+    prometheus_reader = providers.ThreadSafeSingleton(metrics.make_prometheus_reader, metrics_setup)
+    meter_provider = providers.Resource(
+        metrics.meter_provider_resource, metrics_setup, metric_readers, prometheus_reader
+    )
+    #: the scrape endpoint: started with the server's interceptors only
+    prometheus = providers.Resource(
+        metrics.prometheus_endpoint_resource,
+        metrics_setup,
+        prometheus_reader,
+        settings.provided.source,
+    )
+    plugin_telemetry = providers.ThreadSafeSingleton(
+        tracing.plugin_telemetry,
+        tracer_provider,
+        providers.Callable(metrics.backend_calls_counter, meter_provider),
+    )
+    interceptors = providers.ThreadSafeSingleton(
+        tracing.server_interceptors,
+        tracer_provider,
+        providers.Callable(metrics.rpc_metrics_interceptor, meter_provider, prometheus),
+    )
+
+    backends = providers.ThreadSafeSingleton(
+        build_backends, settings=settings, plugins=plugins, tracer_provider=tracer_provider
+    )
 
     pinned = providers.ThreadSafeSingleton(PinnedPolicy, settings.provided.pinned)
 
-    catalog = providers.ThreadSafeSingleton(Catalog, backends=backends, pinned=pinned)
+    filters = providers.ThreadSafeSingleton(build_filters, settings=settings, plugins=plugins)
+
+    catalog = providers.ThreadSafeSingleton(
+        Catalog,
+        backends=backends,
+        pinned=pinned,
+        telemetry=plugin_telemetry,
+        filters=filters,
+        fail_on_backend_error=settings.provided.fail_on_backend_error,
+        timeout_workers=settings.provided.server.workers,
+    )
 
     service = providers.ThreadSafeSingleton(
         ImageService,
         catalog=catalog,
         max_send_message_size=settings.provided.server.max_send_message_size,
+        stream_batch_bytes=settings.provided.server.stream_batch_bytes,
+        max_concurrent_pulls=settings.provided.server.max_concurrent_pulls,
     )
 
     server = providers.ThreadSafeSingleton(
@@ -87,9 +200,11 @@ class Application(containers.DeclarativeContainer):
         servicer=service,
         socket_path=settings.provided.socket_path,
         workers=settings.provided.server.workers,
+        pull_workers=settings.provided.server.max_concurrent_pulls,
         max_recv_message_size=settings.provided.server.max_recv_message_size,
         max_send_message_size=settings.provided.server.max_send_message_size,
         socket_mode=settings.provided.server.socket_mode,
+        interceptors=interceptors,
     )
 
 

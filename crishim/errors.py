@@ -56,7 +56,7 @@ class Unavailable(CrishimError):
 
 
 class TooLarge(CrishimError):
-    """An answer would exceed the message size limit (RESOURCE_EXHAUSTED)."""
+    """An answer would exceed a limit: message size, concurrent pulls (RESOURCE_EXHAUSTED)."""
 
 
 class PermissionDenied(CrishimError):

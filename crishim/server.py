@@ -72,6 +72,7 @@ class Server:
         socket_path: Path,
         *,
         workers: int = 4,
+        pull_workers: int = 0,
         max_recv_message_size: int = 16 * 1024 * 1024,
         max_send_message_size: int = 16 * 1024 * 1024,
         socket_mode: int = 0o660,
@@ -83,7 +84,9 @@ class Server:
         self._stopped = threading.Event()
         self._socket_inode: int | None = None
         self._grpc = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="crishim-rpc"),
+            futures.ThreadPoolExecutor(
+                max_workers=workers + pull_workers, thread_name_prefix="crishim-rpc"
+            ),
             interceptors=list(interceptors),
             options=[
                 ("grpc.max_receive_message_length", max_recv_message_size),

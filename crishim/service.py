@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
@@ -17,7 +18,7 @@ from typing import Any, TypeVar
 import grpc
 from google.protobuf.message import Message
 
-from crishim import errors, reference
+from crishim import errors, reference, tracing
 from crishim.catalog import Catalog
 from crishim.cri.runtime.v1 import api_pb2, api_pb2_grpc
 from crishim.model import Answer
@@ -66,8 +67,10 @@ def _rpc(method: F) -> F:
         try:
             return method(self, request, context)
         except (errors.CrishimError, reference.ReferenceError) as exc:
+            tracing.record_error(exc)
             context.abort(status_for(exc), str(exc))
-        except Exception:
+        except Exception as exc:
+            tracing.record_error(exc)
             log.exception("%s failed", method.__name__)
             context.abort(
                 grpc.StatusCode.INTERNAL, f"{method.__name__}: internal error (see the server log)"
@@ -77,6 +80,7 @@ def _rpc(method: F) -> F:
 
 
 def _parse(text: str, what: str = "image reference") -> Reference:
+    tracing.note_reference(text)
     if not text:
         raise errors.InvalidReference(f"{what} is empty")
     return reference.parse(text)
@@ -176,10 +180,13 @@ class ImageService(api_pb2_grpc.ImageServiceServicer):
         *,
         max_send_message_size: int,
         stream_batch_bytes: int = DEFAULT_STREAM_BATCH_BYTES,
+        max_concurrent_pulls: int = 4,
     ) -> None:
         self.catalog = catalog
         self.max_send_message_size = max_send_message_size
         self.stream_batch_bytes = min(stream_batch_bytes, max_send_message_size // 2)
+        self.max_concurrent_pulls = max_concurrent_pulls
+        self._pull_slots = threading.BoundedSemaphore(max_concurrent_pulls)
 
     @_rpc
     def ImageStatus(
@@ -187,6 +194,7 @@ class ImageService(api_pb2_grpc.ImageServiceServicer):
     ) -> api_pb2.ImageStatusResponse | bytes:
         ref = _parse(request.image.image)
         answer = self.catalog.image_status(ref)
+        tracing.note_answer(ref, answer)
         if answer is None:
             return _EMPTY_STATUS
         if not request.verbose:
@@ -205,6 +213,7 @@ class ImageService(api_pb2_grpc.ImageServiceServicer):
         self, request: api_pb2.ListImagesRequest, context: grpc.ServicerContext
     ) -> bytes:
         answers = self._answers(request)
+        tracing.note_answers(answers)
         data = b"".join([image_status_bytes(a) for a in answers])
         if len(data) > self.max_send_message_size:
             raise errors.TooLarge(
@@ -218,6 +227,7 @@ class ImageService(api_pb2_grpc.ImageServiceServicer):
         self, request: api_pb2.StreamImagesRequest, context: grpc.ServicerContext
     ) -> Iterator[bytes]:
         answers = self._answers(request)
+        tracing.note_answers(answers)
         return self._batches(answers)
 
     def _batches(self, answers: list[Answer]) -> Iterator[bytes]:
@@ -263,7 +273,16 @@ class ImageService(api_pb2_grpc.ImageServiceServicer):
             cancelled=lambda: not context.is_active(),
             annotations=dict(request.image.annotations),
         )
-        answer = self.catalog.pull_image(pull)
+        if not self._pull_slots.acquire(blocking=False):
+            raise errors.TooLarge(
+                f"cannot pull {ref}: {self.max_concurrent_pulls} pulls are already running "
+                "(server.max_concurrent_pulls); retry later"
+            )
+        try:
+            answer = self.catalog.pull_image(pull)
+        finally:
+            self._pull_slots.release()
+        tracing.note_answer(ref, answer)
         return api_pb2.PullImageResponse(image_ref=answer.record.id)
 
     @_rpc
@@ -272,6 +291,7 @@ class ImageService(api_pb2_grpc.ImageServiceServicer):
     ) -> api_pb2.RemoveImageResponse:
         ref = _parse(request.image.image)
         removed = self.catalog.remove_image(ref)
+        tracing.note_answer(ref, removed)
         if removed is not None:
             log.info("removed image %s (%s)", removed.record.id, ref.raw)
         return api_pb2.RemoveImageResponse()

@@ -172,3 +172,28 @@ backends:
     assert "2. alpha-last: type oci-dir" in out
     assert "spare: type oci-dir (disabled)" in out
     assert "oci-dir = crishim_plugins.oci_dir [crishim 0.1.0] loaded" in out
+
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+@pytest.mark.parametrize("name", ["local.yaml", "production.yaml", "registry.yaml"])
+def test_example_configs_are_valid(name: str) -> None:
+    settings = load_settings(EXAMPLES / name)
+    app = make_application(settings)
+    assert app.backends(), "every example builds its backends"
+    app.filters()
+    if name == "production.yaml":
+        assert settings.server.socket_mode == 0o660
+
+
+@pytest.mark.parametrize(("raw", "mode"), [("0o640", 0o640), ("0660", 0o660), (0o600, 0o600)])
+def test_socket_mode_accepts_octal_spellings(tmp_path: Path, raw: object, mode: int) -> None:
+    value = f"'{raw}'" if isinstance(raw, str) else str(raw)
+    settings = load_settings(_write(tmp_path, GOOD_BACKEND + f"server: {{socket_mode: {value}}}\n"))
+    assert settings.server.socket_mode == mode
+
+
+def test_socket_mode_rejects_nonsense(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"server.socket_mode: must be an octal file mode"):
+        load_settings(_write(tmp_path, GOOD_BACKEND + "server: {socket_mode: rw-rw----}\n"))

@@ -206,3 +206,51 @@ def test_signal_lets_in_flight_calls_finish_then_removes_the_socket(
     with pytest.raises(grpc.RpcError) as info:
         _status(sock, "example.com/crishim/web:1.0")
     assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+class _BlockingPuller:
+    """A backend type whose pulls wait until the test releases them."""
+
+    release = threading.Event()
+    started = threading.Event()
+
+    @staticmethod
+    def hookimpl_module() -> object:
+        from crishim import hookimpl
+        from crishim.model import ImageRecord
+        from crishim.types import BackendType, IndexedBackend
+
+        class Backend(IndexedBackend):
+            def pull_image(self, request: object) -> ImageRecord:
+                _BlockingPuller.started.set()
+                assert _BlockingPuller.release.wait(30)
+                return ImageRecord(id="sha256:" + "ab" * 32, repo_tags=("x/y:1",), size=1)
+
+        class Plugin:
+            @hookimpl
+            def crishim_backend_types(self) -> list[BackendType]:
+                return [BackendType(name="blocking-puller", factory=lambda c, o: Backend(c))]
+
+        return Plugin()
+
+
+def test_pulls_have_their_own_threads_and_a_limit() -> None:
+    config = {
+        "server": {"workers": 1, "max_concurrent_pulls": 1},
+        "backends": [{"name": "puller", "type": "blocking-puller"}, *BACKENDS],
+    }
+    plugin = _BlockingPuller.hookimpl_module()
+    _BlockingPuller.release.clear()
+    _BlockingPuller.started.clear()
+    with running_server(config, extra_plugins=[("blocking-puller", plugin)]) as shim:
+        request = api_pb2.PullImageRequest(image=api_pb2.ImageSpec(image="x/y:1"))
+        first = shim.images.PullImage.future(request, timeout=30)
+        assert _BlockingPuller.started.wait(10)
+        # the running pull holds its own thread: the one worker still answers
+        assert shim.status("example.com/crishim/web:1.0").HasField("image")
+        with pytest.raises(grpc.RpcError) as info:
+            shim.images.PullImage(request, timeout=10)
+        assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "max_concurrent_pulls" in info.value.details()
+        _BlockingPuller.release.set()
+        assert first.result().image_ref == "sha256:" + "ab" * 32

@@ -163,4 +163,3 @@ def load(
     if not isinstance(index_sha, str):
         raise SnapshotError("corrupt header")
     return results, index_sha, usage
-

@@ -73,12 +73,17 @@ def running_server(
     base_dir: Path | None = None,
     extra_plugins: Sequence[tuple[str, object]] = (),
     grace: float = 1.0,
+    overrides: Mapping[str, object] | None = None,
 ) -> Iterator[RunningShim]:
     """Build crishim from a config mapping, serve it, yield client stubs.
 
     ``server.listen`` is replaced by a fresh temporary socket. Plugins from
     ``extra_plugins`` are registered next to the installed ones (useful for
-    a plugin under test that is not installed).
+    a plugin under test that is not installed). ``overrides`` replaces
+    container providers by name with fixed objects, e.g.
+    ``{"span_exporter": InMemorySpanExporter()}``. On exit the server
+    stops, the catalog closes and the container's resources shut down
+    (spans and metrics still held are exported).
     """
     sockdir = short_tempdir()
     data = dict(config)
@@ -99,6 +104,10 @@ def running_server(
                 extra=list(extra_plugins),
             )
         )
+    for name, value in (overrides or {}).items():
+        from dependency_injector import providers
+
+        getattr(app, name).override(providers.Object(value))
     catalog = app.catalog()
     catalog.start()
     server = app.server()
@@ -121,4 +130,5 @@ def running_server(
             channel.close()
         server.stop(grace)
         catalog.close()
+        app.shutdown_resources()
         shutil.rmtree(sockdir, ignore_errors=True)
