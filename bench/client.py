@@ -55,9 +55,9 @@ def main() -> None:
             errors.append(f"{exc.code().name}: {exc.details()}")
 
     # warm-up: connection, caches
-    for r in requests[: min(len(requests), 200)]:
-        if kind == "status":
-            stub.ImageStatus(r, timeout=30)
+    warmup = requests[: min(len(requests), 200)] if kind == "status" else []
+    for r in warmup:
+        stub.ImageStatus(r, timeout=30)
     workers = [threading.Thread(target=run, args=(t,)) for t in range(n_threads)]
     started = time.perf_counter()
     for w in workers:
@@ -66,7 +66,11 @@ def main() -> None:
         w.join()
     wall = time.perf_counter() - started
     flat = sorted(x for lat in latencies for x in lat)
-    result: dict[str, object] = {"errors": errors[:3], "error_count": len(errors)}
+    result: dict[str, object] = {
+        "errors": errors[:3],
+        "error_count": len(errors),
+        "warmup_calls": len(warmup),
+    }
     if flat:
         result.update(
             calls=len(flat),

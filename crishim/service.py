@@ -22,6 +22,7 @@ from crishim import errors, reference, tracing
 from crishim.catalog import Catalog
 from crishim.cri.runtime.v1 import api_pb2, api_pb2_grpc
 from crishim.model import Answer
+from crishim.oci.layout import chain_id
 from crishim.reference import Reference
 from crishim.types import PullAuth, PullRequest
 
@@ -155,12 +156,21 @@ def add_image_service(servicer: ImageService, server: grpc.Server) -> None:
 SERVICE = "runtime.v1.ImageService"
 
 
+def _chain_id_of(spec: dict[str, Any]) -> str:
+    rootfs = spec.get("rootfs")
+    diff_ids = rootfs.get("diff_ids") if isinstance(rootfs, dict) else None
+    if not isinstance(diff_ids, list):
+        return ""
+    return chain_id([d for d in diff_ids if isinstance(d, str)])
+
+
 def verbose_info(answer: Answer) -> dict[str, str]:
     """``ImageStatusResponse.info`` for verbose calls: one JSON object under "info"."""
     record = answer.record
+    spec = record.image_spec
     info: dict[str, Any] = {
-        "imageSpec": dict(record.image_spec),
-        "chainID": record.chain_id,
+        "imageSpec": spec,
+        "chainID": record.chain_id or _chain_id_of(spec),
         "backend": answer.backend,
         "source": record.source,
         "manifestDigest": record.manifest_digest,

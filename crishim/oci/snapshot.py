@@ -18,13 +18,13 @@ entries already known are reused, new ones are read.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import marshal
 import sys
+import zlib
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from crishim.model import NO_ANNOTATIONS, FilesystemUsage, ImageRecord
 from crishim.oci.atomic import atomic_write
@@ -33,7 +33,7 @@ from crishim.oci.layout import EntryResult
 log = logging.getLogger(__name__)
 
 MAGIC = b"crishim-index-snapshot\n"
-FORMAT = 1
+FORMAT = 2
 
 
 class SnapshotError(Exception):
@@ -58,20 +58,22 @@ def _record_tuple(r: ImageRecord) -> tuple[Any, ...]:
 
 
 def _record(t: tuple[Any, ...]) -> ImageRecord:
+    # positional, in field order (see _record_tuple): this runs once per
+    # image on every restart; marshal gives the tuples back as tuples
     (id_, tags, digests, size, user, annotations, config, chain, source, mdigest, mtype, extra) = t
     return ImageRecord(
-        id=id_,
-        repo_tags=tuple(tags),
-        repo_digests=tuple(digests),
-        size=size,
-        user=user,
-        annotations=dict(annotations) if annotations else NO_ANNOTATIONS,
-        config=config,
-        chain_id=chain,
-        source=source,
-        manifest_digest=mdigest,
-        manifest_media_type=mtype,
-        extra=dict(extra) if extra else NO_ANNOTATIONS,
+        id_,
+        tags,
+        digests,
+        size,
+        user,
+        dict(annotations) if annotations else NO_ANNOTATIONS,
+        config,
+        chain,
+        source,
+        mdigest,
+        mtype,
+        dict(extra) if extra else NO_ANNOTATIONS,
     )
 
 
@@ -89,6 +91,7 @@ def save(
     index_sha256: str,
     settings: dict[str, str],
     usage: FilesystemUsage | None,
+    index_identity: tuple[int, int, int] | None = None,
 ) -> None:
     """Write the snapshot atomically."""
     payload = marshal.dumps(
@@ -106,7 +109,8 @@ def save(
     header = {
         **_identity(settings),
         "index_sha256": index_sha256,
-        "payload_sha256": hashlib.sha256(payload).hexdigest(),
+        "index_identity": None if index_identity is None else list(index_identity),
+        "payload_crc32": zlib.crc32(payload),
         "usage": None
         if usage is None
         else [usage.mountpoint, usage.used_bytes, usage.inodes_used, usage.timestamp_ns],
@@ -116,10 +120,16 @@ def save(
     atomic_write(path, data, mode=0o600, fault="snapshot")
 
 
-def load(
-    path: Path, settings: dict[str, str]
-) -> tuple[tuple[EntryResult, ...], str, FilesystemUsage | None]:
-    """(results, index sha256, usage) from a snapshot; raises SnapshotError."""
+class Loaded(NamedTuple):
+    results: tuple[EntryResult, ...]
+    index_sha256: str
+    #: (inode, size, mtime_ns) of the index.json the snapshot was made from
+    index_identity: tuple[int, int, int] | None
+    usage: FilesystemUsage | None
+
+
+def load(path: Path, settings: dict[str, str]) -> Loaded:
+    """What a snapshot holds; raises SnapshotError."""
     try:
         data = path.read_bytes()
     except FileNotFoundError:
@@ -141,7 +151,7 @@ def load(
         if header.get(key) != value:
             raise SnapshotError(f"made with {key}={header.get(key)!r}, now {value!r}")
     payload = memoryview(data)[end + 1 :]
-    if hashlib.sha256(payload).hexdigest() != header.get("payload_sha256"):
+    if zlib.crc32(payload) != header.get("payload_crc32"):
         raise SnapshotError("payload does not match its checksum (truncated or corrupt)")
     try:
         raw = marshal.loads(payload)
@@ -162,4 +172,8 @@ def load(
     index_sha = header.get("index_sha256")
     if not isinstance(index_sha, str):
         raise SnapshotError("corrupt header")
-    return results, index_sha, usage
+    raw = header.get("index_identity")
+    identity = None
+    if isinstance(raw, list) and len(raw) == 3 and all(isinstance(x, int) for x in raw):
+        identity = (raw[0], raw[1], raw[2])
+    return Loaded(results, index_sha, identity, usage)

@@ -20,7 +20,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from pydantic import Field, field_validator
@@ -98,6 +98,13 @@ class OciDirBackend(IndexedBackend):
         self._threads: list[threading.Thread] = []
         #: Bumped on every published index; tests and tools wait on it.
         self.generation = 0
+        self._measure_lock = threading.Lock()
+        self._snapshot_lock = threading.Lock()
+        self._snapshot_write_lock = threading.Lock()
+        self._pending_snapshot: tuple[Scan, tuple[int, int, int] | None] | None = None
+        self._snapshotting = False
+        self._measure_wanted = False
+        self._measuring = False
 
     # -- lifecycle -------------------------------------------------------
 
@@ -124,15 +131,17 @@ class OciDirBackend(IndexedBackend):
         self._stop.set()
         for thread in self._threads:
             thread.join(timeout=5)
+        self._flush_snapshot()
 
-    def _spawn(self, target: object, what: str) -> None:
-        thread = threading.Thread(target=target, name=f"{self.name}-{what}", daemon=True)  # type: ignore[arg-type]
+    def _spawn(self, target: Callable[[], None], what: str) -> None:
+        thread = threading.Thread(target=target, name=f"{self.name}-{what}", daemon=True)
+        self._threads = [t for t in self._threads if t.is_alive()]
         self._threads.append(thread)
         thread.start()
 
     # -- snapshot --------------------------------------------------------
 
-    def _load_snapshot(self) -> tuple[tuple[EntryResult, ...], str, FilesystemUsage | None] | None:
+    def _load_snapshot(self) -> snapshot.Loaded | None:
         if not self.options.snapshot or self.snapshot_path is None:
             return None
         try:
@@ -144,19 +153,22 @@ class OciDirBackend(IndexedBackend):
             )
             return None
 
-    def _serve_snapshot(
-        self, seed: tuple[tuple[EntryResult, ...], str, FilesystemUsage | None]
-    ) -> bool:
-        """Publish the snapshot if index.json is the one it was made from."""
-        results, index_sha, usage = seed
+    def _serve_snapshot(self, seed: snapshot.Loaded) -> bool:
+        """Publish the snapshot if index.json is the one it was made from.
+
+        The same file (inode, size, mtime) is taken as the same content;
+        otherwise the content's sha256 decides.
+        """
+        results, index_sha, made_from, usage = seed
         identity = _identity(self.layout.index_path)
         try:
             self.layout.check_marker()
-            data = self.layout.read_index_bytes()
+            if identity is None or identity != made_from:
+                data = self.layout.read_index_bytes()
+                if hashlib.sha256(data).hexdigest() != index_sha:
+                    log.info("backend %s: snapshot is stale; re-indexing incrementally", self.name)
+                    return False
         except BrokenEntry:
-            return False
-        if hashlib.sha256(data).hexdigest() != index_sha:
-            log.info("backend %s: snapshot is stale; re-indexing incrementally", self.name)
             return False
         with self._lock:
             self._index_identity = identity
@@ -164,21 +176,56 @@ class OciDirBackend(IndexedBackend):
             if usage is not None:
                 self._usage = (usage,)
         log.info("backend %s: served from snapshot (%d entries)", self.name, len(results))
-        self._spawn(self._measure, "measure")
+        self._request_measure()
         return True
 
     def _save_snapshot(self, scan: Scan) -> None:
+        """Have the snapshot written in the background (the latest one wins).
+
+        Writing tens of MB at 100,000 images must not delay the next
+        re-index; close() writes what is still pending.
+        """
         if not self.options.snapshot or self.snapshot_path is None:
             return
-        try:
-            usage = self._usage[0] if self._usage else None
-            snapshot.save(
-                self.snapshot_path, scan.results, scan.index_sha256, self._settings, usage
-            )
-        except OSError as exc:
-            log.warning(
-                "backend %s: cannot write snapshot %s: %s", self.name, self.snapshot_path, exc
-            )
+        with self._snapshot_lock:
+            self._pending_snapshot = (scan, self._index_identity)
+            if self._snapshotting:
+                return
+            self._snapshotting = True
+        self._spawn(self._snapshot_loop, "snapshot")
+
+    def _snapshot_loop(self) -> None:
+        while True:
+            with self._snapshot_lock:
+                pending, self._pending_snapshot = self._pending_snapshot, None
+                if pending is None:
+                    self._snapshotting = False
+                    return
+            self._write_snapshot(*pending)
+
+    def _flush_snapshot(self) -> None:
+        with self._snapshot_lock:
+            pending, self._pending_snapshot = self._pending_snapshot, None
+        if pending is not None:
+            self._write_snapshot(*pending)
+
+    def _write_snapshot(self, scan: Scan, identity: tuple[int, int, int] | None) -> None:
+        assert self.snapshot_path is not None
+        with self._snapshot_write_lock:
+            try:
+                usage = self._usage[0] if self._usage else None
+                snapshot.save(
+                    self.snapshot_path,
+                    scan.results,
+                    scan.index_sha256,
+                    self._settings,
+                    usage,
+                    identity,
+                )
+            except OSError as exc:
+                log.warning(
+                    "backend %s: cannot write snapshot %s: %s", self.name, self.snapshot_path, exc
+                )
 
     # -- indexing --------------------------------------------------------
 
@@ -254,11 +301,35 @@ class OciDirBackend(IndexedBackend):
             return
         try:
             self.refresh()
-            self._measure()
+            self._request_measure()
         except Exception:
             log.exception(
                 "backend %s: re-index failed; still serving the previous index", self.name
             )
+
+    def _request_measure(self) -> None:
+        """Re-measure usage in the background; requests made meanwhile coalesce.
+
+        A walk of a large layout takes seconds: it must not delay the next
+        re-index or a removal.
+        """
+        with self._measure_lock:
+            self._measure_wanted = True
+            if self._measuring:
+                return
+            self._measuring = True
+        self._spawn(self._measure_loop, "measure")
+
+    def _measure_loop(self) -> None:
+        while not self._stop.is_set():
+            with self._measure_lock:
+                if not self._measure_wanted:
+                    self._measuring = False
+                    return
+                self._measure_wanted = False
+            self._measure()
+        with self._measure_lock:
+            self._measuring = False
 
     def _measure(self) -> None:
         try:
@@ -301,7 +372,7 @@ class OciDirBackend(IndexedBackend):
                 self._save_snapshot(
                     Scan(remaining, hashlib.sha256(data).hexdigest(), len(remaining))
                 )
-        self._spawn(self._measure, "measure")
+        self._request_measure()
 
     def _collect(self, doomed: Sequence[EntryResult], remaining: Sequence[EntryResult]) -> int:
         """Delete the blobs only the removed entries kept alive."""
