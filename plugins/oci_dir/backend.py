@@ -35,6 +35,8 @@ from crishim.types import BackendContext, BackendOptions, IndexedBackend
 log = logging.getLogger(__name__)
 
 SNAPSHOT_FILE = "oci-dir-index.snapshot"
+#: Seconds a snapshot write waits after a change, so bursts coalesce.
+SNAPSHOT_DELAY = 2.0
 
 
 class OciDirOptions(BackendOptions):
@@ -196,6 +198,10 @@ class OciDirBackend(IndexedBackend):
 
     def _snapshot_loop(self) -> None:
         while True:
+            # let a burst of changes settle first: a snapshot write holds the
+            # interpreter for a while at 100,000 images and would slow the
+            # re-index of the next change
+            self._stop.wait(SNAPSHOT_DELAY)
             with self._snapshot_lock:
                 pending, self._pending_snapshot = self._pending_snapshot, None
                 if pending is None:
