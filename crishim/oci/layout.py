@@ -116,6 +116,15 @@ def chain_id(diff_ids: list[str]) -> str:
     return chain
 
 
+def file_identity(path: Path) -> tuple[int, int, int] | None:
+    """(inode, size, mtime_ns) of a file, or None: what tells a changed index.json."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+
 def entry_key(entry: Mapping[str, Any]) -> EntryKey:
     annotations = entry.get("annotations")
     if not isinstance(annotations, dict):

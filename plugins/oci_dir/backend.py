@@ -29,7 +29,15 @@ from crishim import reference
 from crishim.errors import BackendError, ReadOnly
 from crishim.model import FilesystemUsage, ImageRecord
 from crishim.oci import snapshot
-from crishim.oci.layout import BrokenEntry, EntryKey, EntryResult, Layout, Scan, measure
+from crishim.oci.layout import (
+    BrokenEntry,
+    EntryKey,
+    EntryResult,
+    Layout,
+    Scan,
+    file_identity,
+    measure,
+)
 from crishim.types import BackendContext, BackendOptions, IndexedBackend
 
 log = logging.getLogger(__name__)
@@ -66,14 +74,6 @@ class OciDirOptions(BackendOptions):
         if ref.kind is not reference.RefKind.NAME or ref.digest or ":" in value.rpartition("/")[2]:
             raise ValueError("must be a repository name without tag or digest")
         return ref.repository
-
-
-def _identity(path: Path) -> tuple[int, int, int] | None:
-    try:
-        st = path.stat()
-    except OSError:
-        return None
-    return (st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 class OciDirBackend(IndexedBackend):
@@ -162,7 +162,7 @@ class OciDirBackend(IndexedBackend):
         otherwise the content's sha256 decides.
         """
         results, index_sha, made_from, usage = seed
-        identity = _identity(self.layout.index_path)
+        identity = file_identity(self.layout.index_path)
         try:
             self.layout.check_marker()
             if identity is None or identity != made_from:
@@ -243,7 +243,7 @@ class OciDirBackend(IndexedBackend):
     def refresh(self, previous: tuple[EntryResult, ...] | None = None) -> None:
         """Re-read the layout (reusing known entries) and swap in the new index."""
         with self._lock:
-            identity = _identity(self.layout.index_path)
+            identity = file_identity(self.layout.index_path)
             known = {r.key: r for r in (self._results if previous is None else previous)}
             started = time.monotonic()
             try:
@@ -274,7 +274,7 @@ class OciDirBackend(IndexedBackend):
             self._save_snapshot(scan)
 
     def _changed(self) -> bool:
-        return _identity(self.layout.index_path) != self._index_identity
+        return file_identity(self.layout.index_path) != self._index_identity
 
     def _watch_loop(self) -> None:
         interval_ms = int(self.options.rescan_interval * 1000)
@@ -363,7 +363,7 @@ class OciDirBackend(IndexedBackend):
             except BrokenEntry as exc:
                 raise BackendError(self.name, str(exc)) from exc
             remaining = tuple(r for r in self._results if r.key not in keys)
-            self._index_identity = _identity(self.layout.index_path)
+            self._index_identity = file_identity(self.layout.index_path)
             self._install(remaining)
             deleted = self._collect(doomed, remaining)
             log.info(

@@ -34,7 +34,6 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from opentelemetry import context as otel_context
@@ -60,6 +59,7 @@ from crishim.oci.layout import (
     EntryResult,
     Layout,
     entry_key,
+    file_identity,
 )
 from crishim.oci.store import BlobMismatch, ContentStore, StoreError, check_digest
 from crishim.reference import Reference, RefKind
@@ -123,14 +123,6 @@ class Plan:
         return {d.digest: d.size for d, _ in self.blobs()}
 
 
-def _identity(path: Path) -> tuple[int, int, int] | None:
-    try:
-        st = path.stat()
-    except OSError:
-        return None
-    return (st.st_ino, st.st_size, st.st_mtime_ns)
-
-
 class RegistryCacheBackend(IndexedBackend):
     """Pulls images from registries into a local OCI-layout store and serves them."""
 
@@ -186,7 +178,7 @@ class RegistryCacheBackend(IndexedBackend):
 
     def _refresh(self) -> None:
         """Re-read index.json (reusing known entries) and publish; store lock held."""
-        identity = _identity(self.store.index_path)
+        identity = file_identity(self.store.index_path)
         known = {r.key: r for r in self._results}
         try:
             scan = self.layout.scan(known)
@@ -209,18 +201,18 @@ class RegistryCacheBackend(IndexedBackend):
     def _watch(self) -> None:
         """Pick up index.json changes made by another process (``crishim pull``)."""
         while not self._stop.wait(self.options.rescan_interval):
-            if _identity(self.store.index_path) == self._index_identity:
+            if file_identity(self.store.index_path) == self._index_identity:
                 continue
             try:
                 with self.store.locked():
-                    if _identity(self.store.index_path) != self._index_identity:
+                    if file_identity(self.store.index_path) != self._index_identity:
                         self._refresh()
                 self.store.remeasure()
             except Exception:
                 log.exception("backend %s: re-reading the store failed", self.name)
 
     def _refresh_if_changed(self) -> None:
-        if _identity(self.store.index_path) != self._index_identity:
+        if file_identity(self.store.index_path) != self._index_identity:
             self._refresh()
 
     # -- calls -----------------------------------------------------------
