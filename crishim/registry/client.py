@@ -32,7 +32,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 import httpx
@@ -50,7 +50,6 @@ from crishim.errors import (
 )
 from crishim.oci.atomic import fault_point
 from crishim.oci.layout import DOCKER_LIST, DOCKER_MANIFEST, MAX_JSON_BLOB, OCI_INDEX, OCI_MANIFEST
-from crishim.oci.store import BlobWriter
 from crishim.reference import Reference
 from crishim.types import PullAuth
 
@@ -58,7 +57,7 @@ from .options import (
     DOCKER_HUB,
     DOCKER_HUB_ENDPOINT,
     EndpointOptions,
-    RegistryCacheOptions,
+    PullOptions,
     normalize_host,
     read_secret,
 )
@@ -73,7 +72,7 @@ for _name in ("httpx", "httpcore"):
         logging.getLogger(_name).setLevel(logging.WARNING)
 
 MANIFEST_ACCEPT = ", ".join((OCI_INDEX, OCI_MANIFEST, DOCKER_LIST, DOCKER_MANIFEST))
-USER_AGENT = "crishim-registry-cache"
+USER_AGENT = "crishim"
 _QUERY_RE = re.compile(r"(https?://[^\s?#\"']*)\?[^\s\"']*")
 _MESSAGE_LIMIT = 300
 
@@ -206,7 +205,7 @@ def _ssl_context(options: EndpointOptions, base: Path) -> ssl.SSLContext:
 class RegistryClient:
     """Endpoints and credentials per registry host; hands out pull sessions."""
 
-    def __init__(self, options: RegistryCacheOptions, config_dir: Path) -> None:
+    def __init__(self, options: PullOptions, config_dir: Path) -> None:
         self.options = options
         self.config_dir = config_dir
         self._endpoints: dict[str, list[Endpoint]] = {}
@@ -318,7 +317,8 @@ class Fetched:
     digest: str
     media_type: str
     data: bytes
-    endpoint: Endpoint
+    #: Where it came from (an endpoint's base URL, a file), for spans and messages.
+    origin: str = ""
 
 
 def _registry_message(response: httpx.Response) -> str:
@@ -367,8 +367,19 @@ _PRECEDENCE: tuple[type[CrishimError], ...] = (
 )
 
 
+class ByteSink(Protocol):
+    """Where a downloaded blob's bytes go (a store's verifying writer)."""
+
+    def write(self, data: bytes) -> None: ...
+
+
 class Session:
-    """One pull's conversation with one registry: endpoints, tokens, deadline."""
+    """One pull's conversation with one registry: endpoints, tokens, deadline.
+
+    :meth:`resolve` tries the endpoints in order; the one that answered is
+    :attr:`endpoint`, and :meth:`manifest` and :meth:`blob` fetch the rest
+    of the image from it.
+    """
 
     def __init__(
         self,
@@ -388,6 +399,8 @@ class Session:
         self.deadline = deadline
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
+        #: The endpoint that resolved the reference (the first one until then).
+        self.endpoint = endpoints[0]
         self._auth: dict[str, str] = {}
         self._lock = threading.Lock()
         if credentials is not None and credentials.registry_token:
@@ -549,12 +562,15 @@ class Session:
         failures: list[CrishimError] = []
         for endpoint in self.endpoints:
             try:
-                return self.fetch_manifest(endpoint, reference, expected)
+                fetched = self.fetch_manifest(endpoint, reference, expected)
             except (DeadlineExceeded, Cancelled):
                 raise
             except CrishimError as exc:
                 log.info("%s", exc)
                 failures.append(exc)
+                continue
+            self.endpoint = endpoint
+            return fetched
         if len(failures) == 1:
             raise failures[0]
         for kind in _PRECEDENCE:
@@ -606,15 +622,33 @@ class Session:
                 f"{self._where(endpoint)}: {what}: content has digest {digest}, but the "
                 f"registry says {redact(header_digest)}"
             )
-        return Fetched(digest, _media_type(content_type, data), data, endpoint)
+        return Fetched(digest, _media_type(content_type, data), data, endpoint.base)
+
+    def manifest(self, digest: str) -> Fetched:
+        """A manifest the resolved one refers to, by digest, from :attr:`endpoint`."""
+        return self.fetch_manifest(self.endpoint, digest, digest)
+
+    @property
+    def origin(self) -> str:
+        """Where content comes from, for spans and messages: the endpoint's base URL."""
+        return self.endpoint.base
+
+    def where(self) -> str:
+        return self._where(self.endpoint)
 
     # -- blobs -------------------------------------------------------------
+
+    def blob(
+        self, digest: str, writer: ByteSink, on_bytes: Callable[[int], None] | None = None
+    ) -> None:
+        """Stream a blob from :attr:`endpoint` into ``writer``."""
+        self.download(self.endpoint, digest, writer, on_bytes)
 
     def download(
         self,
         endpoint: Endpoint,
         digest: str,
-        writer: BlobWriter,
+        writer: ByteSink,
         on_bytes: Callable[[int], None] | None = None,
     ) -> None:
         """Stream a blob into ``writer`` (which hashes and bounds it)."""
