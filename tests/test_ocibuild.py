@@ -24,7 +24,9 @@ from crishim.testing.ocibuild import (
     OCI_LAYER_GZIP,
     OCI_MANIFEST,
     REF_NAME,
+    File,
     LayoutBuilder,
+    Symlink,
     canonical_json,
 )
 
@@ -165,6 +167,140 @@ def test_layer_rejects_bad_paths(tmp_path: Path) -> None:
         b.layer({"a": "file", "a/b": "child of a file"})
     with pytest.raises(ValueError):
         b.image(files={"a": "x"}, layers=[{"b": "y"}])
+
+
+def _layer_members(builder: LayoutBuilder, digest: str) -> dict[str, tarfile.TarInfo]:
+    tar_bytes = gzip.decompress(_blob(builder.root, digest))
+    with tarfile.open(fileobj=io.BytesIO(tar_bytes)) as tar:
+        return {m.name: m for m in tar.getmembers()}
+
+
+def test_plain_values_keep_their_bytes(tmp_path: Path) -> None:
+    """Layers of plain bytes/str values are byte-identical to what earlier versions made."""
+    desc, diff_id = LayoutBuilder(tmp_path / "lay").layer(
+        {"a": "1", "b/c/": "", "d/e": b"\x00" * 1000}
+    )
+    assert desc.digest == (
+        "sha256:b726865d7457cfaa95c286174c40f5b6d2e46b5648ef5b4e2e2555daf702b4b8"
+    )
+    assert desc.media_type == OCI_LAYER_GZIP
+    assert diff_id != desc.digest
+
+
+def test_file_with_default_mode_equals_a_plain_value(tmp_path: Path) -> None:
+    b = LayoutBuilder(tmp_path / "lay")
+    plain, plain_diff = b.layer({"etc/x": "text", "bin/y": b"\x7fELF"})
+    wrapped, wrapped_diff = b.layer({"etc/x": File("text"), "bin/y": File(b"\x7fELF")})
+    assert (plain.digest, plain_diff) == (wrapped.digest, wrapped_diff)
+    assert File("text", mode=0o644) == File("text")
+
+
+def test_executables_and_symlinks_in_a_layer(tmp_path: Path) -> None:
+    b = LayoutBuilder(tmp_path / "lay")
+    desc, diff_id = b.layer(
+        {
+            "bin/tool": File(b"#!/bin/sh\necho hi\n", mode=0o755),
+            "bin/sh": Symlink("tool"),
+            "usr/bin/env": Symlink("/bin/tool"),
+            "etc/secret": File("s", mode=0o600),
+            "etc/plain": "p",
+        }
+    )
+    members = _layer_members(b, desc.digest)
+    assert sorted(members) == [
+        "bin",
+        "bin/sh",
+        "bin/tool",
+        "etc",
+        "etc/plain",
+        "etc/secret",
+        "usr",
+        "usr/bin",
+        "usr/bin/env",
+    ]
+    tool = members["bin/tool"]
+    assert tool.isreg() and tool.mode == 0o755 and tool.size == len(b"#!/bin/sh\necho hi\n")
+    assert members["etc/secret"].mode == 0o600
+    assert members["etc/plain"].mode == 0o644
+    for name, target in (("bin/sh", "tool"), ("usr/bin/env", "/bin/tool")):
+        link = members[name]
+        assert link.issym(), name
+        assert (link.linkname, link.size, link.mode) == (target, 0, 0o777)
+    for member in members.values():
+        assert (member.mtime, member.uid, member.gid, member.uname, member.gname) == (
+            0,
+            0,
+            0,
+            "",
+            "",
+        )
+    # Deterministic: the same map in another order and another layout.
+    again, again_diff = LayoutBuilder(tmp_path / "other").layer(
+        {
+            "etc/plain": "p",
+            "etc/secret": File("s", mode=0o600),
+            "usr/bin/env": Symlink("/bin/tool"),
+            "bin/sh": Symlink("tool"),
+            "bin/tool": File(b"#!/bin/sh\necho hi\n", mode=0o755),
+        }
+    )
+    assert (again.digest, again_diff) == (desc.digest, diff_id)
+    # The mode is part of the content: another mode is another layer.
+    other, _ = b.layer({"bin/tool": File(b"#!/bin/sh\necho hi\n", mode=0o644)})
+    assert other.digest != desc.digest
+
+
+def test_extracted_layer_has_a_working_executable_and_link(tmp_path: Path) -> None:
+    b = LayoutBuilder(tmp_path / "lay")
+    desc, _ = b.layer(
+        {"bin/hello": File(b"#!/bin/sh\necho hello\n", mode=0o755), "bin/hi": Symlink("hello")}
+    )
+    out = tmp_path / "rootfs"
+    tar_bytes = gzip.decompress(_blob(b.root, desc.digest))
+    with tarfile.open(fileobj=io.BytesIO(tar_bytes)) as tar:
+        tar.extractall(out, filter="tar")
+    assert (out / "bin/hi").is_symlink()
+    assert (out / "bin/hi").readlink() == Path("hello")
+    result = subprocess.run([str(out / "bin/hi")], capture_output=True, check=True)
+    assert result.stdout == b"hello\n"
+
+
+def test_images_take_files_and_symlinks(tmp_path: Path) -> None:
+    b = LayoutBuilder(tmp_path / "lay")
+    img = b.image(
+        layers=[{"bin/busybox": File(b"bb", mode=0o755)}, {"bin/sh": Symlink("busybox")}],
+        cmd=["sh"],
+    )
+    assert len(img.layers) == 2
+    assert _layer_members(b, img.layers[1].digest)["bin/sh"].linkname == "busybox"
+    assert img.config_json["config"] == {
+        "Cmd": ["sh"],
+        "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
+        "User": "",
+        "WorkingDir": "/",
+    }
+
+
+def test_bad_files_and_symlinks_are_refused(tmp_path: Path) -> None:
+    b = LayoutBuilder(tmp_path / "lay")
+    with pytest.raises(ValueError):
+        File(b"x", mode=0o10000)
+    with pytest.raises(ValueError):
+        File(b"x", mode=-1)
+    with pytest.raises(TypeError):
+        File(123)  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        Symlink("")
+    with pytest.raises(ValueError):
+        Symlink("a\0b")
+    with pytest.raises(ValueError):
+        b.layer({"dir/": Symlink("x")})
+    with pytest.raises(ValueError):
+        b.layer({"dir/": File(b"")})
+    with pytest.raises(ValueError):
+        b.layer({"link": Symlink("x"), "link/child": "below a symlink"})
+    with pytest.raises(TypeError):
+        b.layer({"n": 1})  # type: ignore[dict-item]
 
 
 def test_chain_id_single_and_three_layers(tmp_path: Path) -> None:

@@ -12,6 +12,15 @@ Typical use::
     b.tag(img, "example.com/app:1.0")
     b.write()
 
+Layer file maps take plain ``bytes``/``str`` (a regular file, mode 0644),
+:class:`File` (a regular file with another mode, e.g. an executable) and
+:class:`Symlink`::
+
+    b.image(files={
+        "bin/busybox": File(busybox_bytes, mode=0o755),
+        "bin/sh": Symlink("busybox"),
+    })
+
 Only the standard library is used, so backend authors can depend on it freely.
 """
 
@@ -24,6 +33,7 @@ import json
 import os
 import pathlib
 import tarfile
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 __all__ = [
@@ -40,7 +50,11 @@ __all__ = [
     "BuiltImage",
     "BuiltIndex",
     "Descriptor",
+    "File",
+    "LayerEntry",
+    "LayerFiles",
     "LayoutBuilder",
+    "Symlink",
     "canonical_json",
     "chain_id",
     "sha256_digest",
@@ -66,6 +80,7 @@ DEFAULT_PATH_ENV = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin
 _GZIP_LEVEL = 6
 _FILE_MODE = 0o644
 _DIR_MODE = 0o755
+_SYMLINK_MODE = 0o777
 _OUTPUT_FILE_MODE = 0o644
 
 
@@ -147,9 +162,18 @@ def _as_bytes(value: bytes | str) -> bytes:
     return value.encode("utf-8") if isinstance(value, str) else bytes(value)
 
 
-def _tar_bytes(files: dict[str, bytes | str]) -> bytes:
+def _as_entry(raw: str, value: LayerEntry) -> File | Symlink:
+    if isinstance(value, File | Symlink):
+        return value
+    if isinstance(value, bytes | bytearray | memoryview | str):
+        return File(_as_bytes(value), mode=_FILE_MODE)
+    raise TypeError(f"layer path {raw!r}: unsupported value {type(value).__name__}")
+
+
+def _tar_bytes(files: LayerFiles) -> bytes:
     """Build a deterministic uncompressed tar of ``files`` (parent dirs added)."""
-    entries: dict[str, bytes | None] = {}  # path -> content, None for directories
+    # path -> entry; None for directories
+    entries: dict[str, File | Symlink | None] = {}
 
     def add_dir(path: str) -> None:
         if entries.get(path) is not None:
@@ -162,13 +186,13 @@ def _tar_bytes(files: dict[str, bytes | str]) -> bytes:
         for i in range(1, len(parts)):
             add_dir("/".join(parts[:i]))
         if is_dir:
-            if _as_bytes(value):
+            if isinstance(value, File | Symlink) or _as_bytes(value):
                 raise ValueError(f"directory entry {raw!r} must have empty content")
             add_dir(path)
             continue
         if path in entries:
             raise ValueError(f"duplicate or conflicting layer path {raw!r}")
-        entries[path] = _as_bytes(value)
+        entries[path] = _as_entry(raw, value)
 
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
@@ -185,11 +209,17 @@ def _tar_bytes(files: dict[str, bytes | str]) -> bytes:
                 info.type = tarfile.DIRTYPE
                 info.mode = _DIR_MODE
                 tar.addfile(info)
+            elif isinstance(content, Symlink):
+                info.type = tarfile.SYMTYPE
+                info.mode = _SYMLINK_MODE
+                info.linkname = content.target
+                tar.addfile(info)
             else:
                 info.type = tarfile.REGTYPE
-                info.mode = _FILE_MODE
-                info.size = len(content)
-                tar.addfile(info, io.BytesIO(content))
+                info.mode = content.mode
+                data = _as_bytes(content.content)
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
     return buf.getvalue()
 
 
@@ -211,6 +241,45 @@ def _platform(os_name: str, architecture: str, variant: str | None) -> dict[str,
 
 
 # --------------------------------------------------------------------------- data
+
+
+@dataclass(frozen=True)
+class File:
+    """A regular file in a layer with an explicit mode (``0o755`` for an executable).
+
+    A plain ``bytes``/``str`` value is the same as ``File(value, mode=0o644)``
+    and gives the same tar bytes. ``str`` content is UTF-8 encoded. Owner is
+    always 0:0 and mtime 0, as for every entry.
+    """
+
+    content: bytes | str
+    mode: int = _FILE_MODE
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.content, bytes | str):
+            raise TypeError(f"File content must be bytes or str, not {type(self.content)}")
+        if not 0 <= self.mode <= 0o7777:
+            raise ValueError(f"File mode must be within 0o0..0o7777, not {self.mode:#o}")
+
+
+@dataclass(frozen=True)
+class Symlink:
+    """A symbolic link in a layer pointing at ``target`` (relative or absolute).
+
+    The target is stored as given and never checked against the layer.
+    """
+
+    target: str
+
+    def __post_init__(self) -> None:
+        if not self.target or "\0" in self.target:
+            raise ValueError(f"invalid symlink target {self.target!r}")
+
+
+#: What a layer file map may hold for one path.
+LayerEntry = bytes | str | File | Symlink
+#: A layer's files: image path -> content (see :meth:`LayoutBuilder.layer`).
+LayerFiles = Mapping[str, LayerEntry]
 
 
 @dataclass(frozen=True)
@@ -332,14 +401,14 @@ class LayoutBuilder:
 
     # ------------------------------------------------------------------ layers
 
-    def layer(
-        self, files: dict[str, bytes | str], *, docker: bool | None = None
-    ) -> tuple[Descriptor, str]:
+    def layer(self, files: LayerFiles, *, docker: bool | None = None) -> tuple[Descriptor, str]:
         """Store a gzipped deterministic tar of ``files``; return (descriptor, diff_id).
 
         Keys are paths inside the image (a leading ``/`` is ignored); a key
         ending in ``/`` with empty content makes an empty directory.  Parent
-        directories are added automatically.  ``str`` values are UTF-8 encoded.
+        directories are added automatically (mode 0755).  Values are
+        ``bytes``/``str`` (a file of mode 0644; ``str`` is UTF-8 encoded),
+        :class:`File` (a file with its own mode) or :class:`Symlink`.
         """
         tar = _tar_bytes(files)
         media_type = DOCKER_LAYER if self._docker(docker) else OCI_LAYER_GZIP
@@ -350,8 +419,8 @@ class LayoutBuilder:
     def image(
         self,
         *,
-        files: dict[str, bytes | str] | None = None,
-        layers: list[dict[str, bytes | str]] | None = None,
+        files: LayerFiles | None = None,
+        layers: Sequence[LayerFiles] | None = None,
         user: str = "",
         os: str = "linux",
         architecture: str = "amd64",

@@ -1,0 +1,1 @@
+"""The containerd backend: crishim in front of containerd's own image store."""
