@@ -205,10 +205,11 @@ class PinnedPolicy:
         return bool(self.exact or self.prefixes)
 
     def is_pinned(self, record: ImageRecord) -> bool:
-        for name in (*record.repo_tags, *record.repo_digests):
-            if name in self.exact or name.startswith(self.prefixes):
-                return True
-        return False
+        return self.matches((*record.repo_tags, *record.repo_digests))
+
+    def matches(self, names: Iterable[str]) -> bool:
+        """Whether any of these normalised names is pinned."""
+        return any(name in self.exact or name.startswith(self.prefixes) for name in names)
 
 
 class Catalog:
@@ -401,7 +402,7 @@ class Catalog:
         """The Answer for a record, made once per (record, backend) and kept."""
         answer: Answer | None = record.cache.get(backend)
         if answer is None:
-            pinned = bool(self.pinned) and self.pinned.is_pinned(record)
+            pinned = record.pinned or (bool(self.pinned) and self.pinned.is_pinned(record))
             answer = Answer(record, backend, pinned)
             record.cache[backend] = answer
         return answer

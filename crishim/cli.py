@@ -6,6 +6,7 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import NoReturn
 
 import click
@@ -261,6 +262,102 @@ def pull_command(
         catalog.close()
         app.shutdown_resources()
     click.echo(answer.record.id)
+
+
+@main.command("import")
+@click.option(
+    "--config",
+    "config_path",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="YAML config file.",
+)
+@click.option(
+    "--name",
+    default=None,
+    metavar="REF",
+    help="Name the image (for a file holding one image, or one it leaves unnamed).",
+)
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars; print image IDs only.")
+@click.argument("path", type=click.Path(exists=True, path_type=Path))
+def import_command(config_path: str, name: str | None, quiet: bool, path: Path) -> None:
+    """Load the images of PATH into the store of the first pulling backend.
+
+    PATH is an OCI image layout (a directory or a tar file, as ``ctr images
+    export`` or ``docker save`` since Docker 25 write it) or a legacy
+    ``docker save`` archive. Every digest is verified. With the containerd
+    backend the images land in containerd, named as its CRI names them.
+    Prints each image's ID and name.
+    """
+    import signal
+    import threading
+
+    from crishim import reference
+    from crishim.registry.archive import open_archive
+    from crishim.registry.client import Deadline
+    from crishim.types import Importer, ImportRequest
+
+    settings = _load(config_path)
+    logs.configure("warning", settings.logging.format)
+    named = None
+    if name is not None:
+        try:
+            named = reference.parse(name)
+        except reference.ReferenceError as exc:
+            _fail(f"--name: {exc}", EXIT_CONFIG)
+        if named.kind is not reference.RefKind.NAME:
+            _fail(f"--name: {name!r} is an image ID, not a name", EXIT_CONFIG)
+    app = make_application(settings)
+    try:
+        catalog = app.catalog()
+    except (ConfigError, PluginError) as exc:
+        _fail(f"invalid config:\n{exc}" if isinstance(exc, ConfigError) else str(exc), EXIT_CONFIG)
+    importer = next((h for h in catalog.backends if isinstance(h.backend, Importer)), None)
+    if importer is None:
+        _fail(
+            "no configured backend imports images "
+            f"(backends: {', '.join(h.name for h in catalog.backends)})",
+            EXIT_CONFIG,
+        )
+    interrupted = threading.Event()
+    previous = signal.signal(signal.SIGINT, lambda *_: interrupted.set())
+    bars = _PullBars(enabled=not quiet)
+    done: list[tuple[str, str]] = []
+    try:
+        with open_archive(path) as archive:
+            if named is not None:
+                if len(archive.images) != 1:
+                    _fail(
+                        f"{path} holds {len(archive.images)} images; --name names one",
+                        EXIT_CONFIG,
+                    )
+                targets = [(named, archive.images[0])]
+            else:
+                unnamed = [i.digest for i in archive.images if not i.names]
+                if unnamed:
+                    _fail(
+                        f"{path}: images without a name: {', '.join(unnamed)}; give --name",
+                        EXIT_CONFIG,
+                    )
+                targets = [(ref, image) for image in archive.images for ref in image.names]
+            catalog.start()
+            assert isinstance(importer.backend, Importer)
+            with bars:
+                for ref, image in targets:
+                    source = image.source(Deadline(None, interrupted.is_set, f"import {ref}"))
+                    record = importer.backend.import_image(
+                        ImportRequest(ref=ref, source=source, progress=bars.update)
+                    )
+                    done.append((record.id, str(ref)))
+    except CrishimError as exc:
+        code = EXIT_INTERRUPTED if interrupted.is_set() else EXIT_RUNTIME
+        _fail(str(exc), code)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        catalog.close()
+        app.shutdown_resources()
+    for image_id, ref_text in done:
+        click.echo(image_id if quiet else f"{image_id}  {ref_text}")
 
 
 @main.command("images")

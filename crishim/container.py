@@ -30,6 +30,7 @@ def build_backends(
     settings: Settings,
     plugins: PluginManager,
     tracer_provider: trace.TracerProvider | None = None,
+    pinned: PinnedPolicy | None = None,
 ) -> list[BackendHandle]:
     """One instance per enabled ``backends[]`` entry, in config order."""
     types = plugins.backend_types()
@@ -57,6 +58,7 @@ def build_backends(
             config_dir=settings.base_dir,
             state_dir=settings.state_path / "backends" / entry.name,
             tracer_provider=tracer_provider or trace.NoOpTracerProvider(),
+            is_pinned=(pinned or PinnedPolicy(settings.pinned)).matches,
         )
         backend: Backend = backend_type.factory(context, options)
         handles.append(BackendHandle(entry.name, entry.type, backend, timeout=entry.timeout))
@@ -169,11 +171,15 @@ class Application(containers.DeclarativeContainer):
         providers.Callable(metrics.rpc_metrics_interceptor, meter_provider, prometheus),
     )
 
-    backends = providers.ThreadSafeSingleton(
-        build_backends, settings=settings, plugins=plugins, tracer_provider=tracer_provider
-    )
-
     pinned = providers.ThreadSafeSingleton(PinnedPolicy, settings.provided.pinned)
+
+    backends = providers.ThreadSafeSingleton(
+        build_backends,
+        settings=settings,
+        plugins=plugins,
+        tracer_provider=tracer_provider,
+        pinned=pinned,
+    )
 
     filters = providers.ThreadSafeSingleton(build_filters, settings=settings, plugins=plugins)
 

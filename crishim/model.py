@@ -112,6 +112,15 @@ class ImageRecord:
     manifest_media_type: str = ""
     #: Backend-specific facts for verbose info; plain strings.
     extra: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
+    #: The backend's own store says the image is pinned (containerd's CRI pin
+    #: label, an upstream CRI's ``pinned``); ``Image.pinned`` is set when this
+    #: or the config's ``pinned`` list says so.
+    pinned: bool = False
+    #: Set by backends that forward to another CRI image service (``cri``):
+    #: the endpoint that holds the image. That runtime, not crishim, has the
+    #: config blob and vouches for the image; filters that judge OCI
+    #: compliance from the config take its word (there is no blob to check).
+    upstream: str = ""
 
     #: Opaque per-record cache for the catalog and service layers (answers,
     #: verdicts); keys are private objects or backend names. Not

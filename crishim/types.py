@@ -19,7 +19,7 @@ import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from opentelemetry import trace
 from pydantic import BaseModel, ConfigDict
@@ -28,6 +28,9 @@ from crishim.errors import NotSupported
 from crishim.index import ImageIndex
 from crishim.model import FilesystemUsage, ImageRecord, Platform
 from crishim.reference import Reference
+
+if TYPE_CHECKING:
+    from crishim.registry.puller import ImageSource
 
 
 class BackendOptions(BaseModel):
@@ -54,6 +57,11 @@ class BackendContext:
     #: only: ``context.tracer_provider.get_tracer(__name__)``). A no-op
     #: provider unless tracing is configured.
     tracer_provider: trace.TracerProvider = field(default_factory=trace.NoOpTracerProvider)
+    #: Whether the config's ``pinned`` list pins an image with any of these
+    #: normalised names (``name:tag``, ``name@digest``). Backends whose own
+    #: store records pins (containerd's CRI pin label) use it when they name
+    #: an image; everyone else can ignore it: the catalog reports pins.
+    is_pinned: Callable[[Iterable[str]], bool] = field(default=lambda names: False)
 
     def resolve_path(self, path: str | Path) -> Path:
         """An option path made absolute against the config file's directory."""
@@ -166,6 +174,32 @@ class Puller(Protocol):
     """
 
     def pull_image(self, request: PullRequest) -> ImageRecord: ...
+
+
+@dataclass(frozen=True)
+class ImportRequest:
+    """One image of a file to load into a backend's store (``crishim import``)."""
+
+    #: The name the image gets (a tag or a digest name).
+    ref: Reference
+    #: Where its content is read from: an image source of
+    #: :mod:`crishim.registry.archive` (or any object with the
+    #: :class:`crishim.registry.puller.ImageSource` methods).
+    source: ImageSource
+    #: As for pulls: called as blobs are stored.
+    progress: Callable[[PullProgress], None] | None = field(default=None, compare=False)
+
+
+@runtime_checkable
+class Importer(Protocol):
+    """A pulling backend that can also load images from files (``crishim import``).
+
+    ``import_image`` stores the image ``request.source`` holds, verifying
+    every digest, names it ``request.ref`` and returns its record. The
+    built-in pulling backends use the same puller and commit as for pulls.
+    """
+
+    def import_image(self, request: ImportRequest) -> ImageRecord: ...
 
 
 @dataclass(frozen=True)

@@ -177,7 +177,9 @@ backends:
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
-@pytest.mark.parametrize("name", ["local.yaml", "production.yaml", "registry.yaml"])
+@pytest.mark.parametrize(
+    "name", ["local.yaml", "production.yaml", "registry.yaml", "containerd.yaml"]
+)
 def test_example_configs_are_valid(name: str) -> None:
     settings = load_settings(EXAMPLES / name)
     app = make_application(settings)

@@ -34,7 +34,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.util.types import Attributes
 
-from crishim.errors import DataLoss, ImageNotFound, NotSupported
+from crishim.errors import DataLoss, ImageNotFound, InvalidRequest, NotSupported
 from crishim.model import Platform
 from crishim.oci.layout import CONFIG_TYPES, INDEX_TYPES, MANIFEST_TYPES, MAX_JSON_BLOB
 from crishim.oci.store import BlobMismatch, check_digest
@@ -178,6 +178,15 @@ class BlobSink(Protocol):
 
 
 Progress = Callable[[PullProgress], None]
+
+
+def check_names(ref: Reference, plan: Plan) -> None:
+    """Refuse a digest name that is not the digest of what was resolved (imports)."""
+    if ref.digest and ref.digest != plan.top.digest:
+        raise InvalidRequest(
+            f"{ref} names {ref.digest}, but the image is {plan.top.digest}: "
+            "name it by tag, or by its own digest"
+        )
 
 
 class Puller:

@@ -49,8 +49,8 @@ from crishim.oci.layout import (
 from crishim.oci.store import ContentStore, StoreError
 from crishim.reference import Reference, RefKind
 from crishim.registry.client import Deadline, RegistryClient
-from crishim.registry.puller import Plan, Puller
-from crishim.types import BackendContext, IndexedBackend, PullRequest
+from crishim.registry.puller import ImageSource, Plan, Progress, Puller, check_names
+from crishim.types import BackendContext, ImportRequest, IndexedBackend, PullRequest
 
 from .options import RegistryCacheOptions
 
@@ -241,9 +241,27 @@ class RegistryCacheBackend(IndexedBackend):
 
     def _pull(self, ref: Reference, request: PullRequest, deadline: Deadline) -> ImageRecord:
         session = self.client.session(ref, request.auth, deadline)
-        plan = self.puller.plan(session, ref)
+        return self._store(session, ref, request.progress)
+
+    def import_image(self, request: ImportRequest) -> ImageRecord:
+        ref = request.ref
+        with self.tracer.start_as_current_span(
+            "registry.import",
+            attributes={"crishim.backend": self.name, "crishim.image.reference": str(ref)},
+        ):
+            try:
+                return self._store(request.source, ref, request.progress)
+            except (OSError, StoreError) as exc:
+                reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+                raise BackendError(self.name, f"import {ref}: store {self.root}: {reason}") from exc
+
+    def _store(self, source: ImageSource, ref: Reference, progress: Progress | None) -> ImageRecord:
+        """Fetch what ``source`` holds for ``ref`` into the store and name it."""
+        deadline = source.deadline
+        plan = self.puller.plan(source, ref)
+        check_names(ref, plan)
         for _ in range(COMMIT_ATTEMPTS):
-            self.puller.fetch(session, plan, self.store, request.progress)
+            self.puller.fetch(source, plan, self.store, progress)
             record = self._commit(ref, plan, deadline)
             if record is not None:
                 return record

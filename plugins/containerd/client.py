@@ -1,0 +1,409 @@
+"""Talking to containerd over its own gRPC API: images, content, leases, events.
+
+One channel per backend to containerd's socket. Every call carries the
+namespace header (``containerd-namespace``) and, for writes under a pull,
+the lease header (``containerd-lease``); every unary call has a timeout.
+gRPC errors become :mod:`crishim.errors` exceptions that name containerd's
+address, never a credential (none travels here).
+
+Content is written with the Write stream's protocol: a STAT opens (or
+finds) the ingest named by a ref and says how far it got; WRITE messages
+at increasing offsets carry the bytes; a COMMIT with the expected size and
+digest makes the blob visible with its labels. containerd answers every
+message, so the writer sends one and reads one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import queue
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, TypeVar
+
+import grpc
+from google.protobuf import field_mask_pb2
+
+from crishim.cri.runtime.v1 import api_pb2 as cri_pb2
+from crishim.cri.runtime.v1 import api_pb2_grpc as cri_grpc
+from crishim.errors import BackendError, CrishimError, Unavailable
+from crishim.model import FilesystemUsage
+
+from .api.services.content.v1 import content_pb2, content_pb2_grpc
+from .api.services.events.v1 import events_pb2, events_pb2_grpc
+from .api.services.images.v1 import images_pb2, images_pb2_grpc
+from .api.services.leases.v1 import leases_pb2, leases_pb2_grpc
+from .api.services.version.v1 import version_pb2_grpc
+from .api.types import descriptor_pb2
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+NAMESPACE_HEADER = "containerd-namespace"
+LEASE_HEADER = "containerd-lease"
+#: What a WRITE message carries at most (containerd accepts 16 MiB messages).
+WRITE_CHUNK = 1024 * 1024
+MAX_MESSAGE = 32 * 1024 * 1024
+_END = object()
+
+
+class ContainerdError(BackendError):
+    """containerd refused or failed a call (not a connection problem)."""
+
+    def __init__(self, backend: str, message: str, code: grpc.StatusCode) -> None:
+        super().__init__(backend, message)
+        self.code = code
+
+
+class ContainerdClient:
+    """The calls the containerd backend makes, typed, with errors mapped."""
+
+    def __init__(self, backend: str, address: str, namespace: str, timeout: float) -> None:
+        self.backend = backend
+        self.address = address
+        self.namespace = namespace
+        self.timeout = timeout
+        self._channel: grpc.Channel | None = None
+        self.images: images_pb2_grpc.ImagesStub
+        self.content: content_pb2_grpc.ContentStub
+        self.leases: leases_pb2_grpc.LeasesStub
+        self.events: events_pb2_grpc.EventsStub
+        self.version_service: version_pb2_grpc.VersionStub
+        self.cri_images: cri_grpc.ImageServiceStub
+
+    # -- the channel -----------------------------------------------------
+
+    def connect(self) -> None:
+        """Open the channel (lazily connecting: containerd may be down now)."""
+        target = "unix:" + self.address.removeprefix("unix://")
+        self._channel = grpc.insecure_channel(
+            target,
+            options=[
+                ("grpc.max_receive_message_length", MAX_MESSAGE),
+                ("grpc.max_send_message_length", MAX_MESSAGE),
+                # reconnect quickly after containerd restarts
+                ("grpc.initial_reconnect_backoff_ms", 200),
+                ("grpc.max_reconnect_backoff_ms", 2000),
+            ],
+        )
+        self.images = images_pb2_grpc.ImagesStub(self._channel)
+        self.content = content_pb2_grpc.ContentStub(self._channel)
+        self.leases = leases_pb2_grpc.LeasesStub(self._channel)
+        self.events = events_pb2_grpc.EventsStub(self._channel)
+        self.version_service = version_pb2_grpc.VersionStub(self._channel)
+        self.cri_images = cri_grpc.ImageServiceStub(self._channel)
+
+    def close(self) -> None:
+        if self._channel is not None:
+            self._channel.close()
+            self._channel = None
+
+    def metadata(self, lease: str = "") -> tuple[tuple[str, str], ...]:
+        if lease:
+            return ((NAMESPACE_HEADER, self.namespace), (LEASE_HEADER, lease))
+        return ((NAMESPACE_HEADER, self.namespace),)
+
+    def error(self, exc: grpc.RpcError, what: str) -> CrishimError:
+        """A domain error for a failed call to containerd."""
+        code = exc.code() if isinstance(exc, grpc.Call) else grpc.StatusCode.UNKNOWN
+        details = (exc.details() if isinstance(exc, grpc.Call) else "") or str(code)
+        if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+            return Unavailable(
+                f"backend {self.backend!r}: containerd at {self.address} is unreachable "
+                f"({what}: {code.name}: {details[:300]})"
+            )
+        return ContainerdError(
+            self.backend, f"containerd at {self.address}: {what}: {details[:300]}", code
+        )
+
+    def call(self, what: str, fn: Callable[[], T]) -> T:
+        try:
+            return fn()
+        except grpc.RpcError as exc:
+            raise self.error(exc, what) from None
+
+    def _optional(self, what: str, fn: Callable[[], T]) -> T | None:
+        """``fn()``, or None when containerd says NOT_FOUND."""
+        try:
+            return fn()
+        except grpc.RpcError as exc:
+            if isinstance(exc, grpc.Call) and exc.code() == grpc.StatusCode.NOT_FOUND:
+                return None
+            raise self.error(exc, what) from None
+
+    # -- version ---------------------------------------------------------
+
+    def version(self) -> str:
+        from google.protobuf import empty_pb2
+
+        response = self.call(
+            "Version",
+            lambda: self.version_service.Version(empty_pb2.Empty(), timeout=self.timeout),
+        )
+        return f"{response.version} ({response.revision})"
+
+    # -- images ----------------------------------------------------------
+
+    def list_images(self) -> list[images_pb2.Image]:
+        response = self.call(
+            "Images.List",
+            lambda: self.images.List(
+                images_pb2.ListImagesRequest(), metadata=self.metadata(), timeout=self.timeout
+            ),
+        )
+        return list(response.images)
+
+    def get_image(self, name: str) -> images_pb2.Image | None:
+        response = self._optional(
+            f"Images.Get {name}",
+            lambda: self.images.Get(
+                images_pb2.GetImageRequest(name=name),
+                metadata=self.metadata(),
+                timeout=self.timeout,
+            ),
+        )
+        return None if response is None else response.image
+
+    def put_image(
+        self, name: str, target: descriptor_pb2.Descriptor, labels: Mapping[str, str]
+    ) -> None:
+        """Create the image record, or point an existing one at ``target`` with ``labels`` set."""
+        image = images_pb2.Image(name=name, labels=dict(labels), target=target)
+        try:
+            self.images.Create(
+                images_pb2.CreateImageRequest(image=image),
+                metadata=self.metadata(),
+                timeout=self.timeout,
+            )
+            return
+        except grpc.RpcError as exc:
+            if not (isinstance(exc, grpc.Call) and exc.code() == grpc.StatusCode.ALREADY_EXISTS):
+                raise self.error(exc, f"Images.Create {name}") from None
+        mask = field_mask_pb2.FieldMask(paths=["target", *(f"labels.{k}" for k in labels)])
+        self.call(
+            f"Images.Update {name}",
+            lambda: self.images.Update(
+                images_pb2.UpdateImageRequest(image=image, update_mask=mask),
+                metadata=self.metadata(),
+                timeout=self.timeout,
+            ),
+        )
+
+    def label_image(self, name: str, labels: Mapping[str, str]) -> None:
+        """Set these labels on an image record, leaving the rest as it is."""
+        image = images_pb2.Image(name=name, labels=dict(labels))
+        mask = field_mask_pb2.FieldMask(paths=[f"labels.{k}" for k in labels])
+        self.call(
+            f"Images.Update {name}",
+            lambda: self.images.Update(
+                images_pb2.UpdateImageRequest(image=image, update_mask=mask),
+                metadata=self.metadata(),
+                timeout=self.timeout,
+            ),
+        )
+
+    def delete_image(self, name: str, *, sync: bool = False) -> bool:
+        """Delete an image record; False when there was none. ``sync`` waits for the GC."""
+        done = self._optional(
+            f"Images.Delete {name}",
+            lambda: self.images.Delete(
+                images_pb2.DeleteImageRequest(name=name, sync=sync),
+                metadata=self.metadata(),
+                timeout=self.timeout,
+            ),
+        )
+        return done is not None
+
+    # -- content ---------------------------------------------------------
+
+    def info(self, digest: str) -> content_pb2.Info | None:
+        response = self._optional(
+            f"Content.Info {digest}",
+            lambda: self.content.Info(
+                content_pb2.InfoRequest(digest=digest),
+                metadata=self.metadata(),
+                timeout=self.timeout,
+            ),
+        )
+        return None if response is None else response.info
+
+    def sizes(self) -> dict[str, int]:
+        """Every blob in the store, digest to size (one streamed call)."""
+
+        def list_all() -> dict[str, int]:
+            out: dict[str, int] = {}
+            for response in self.content.List(
+                content_pb2.ListContentRequest(), metadata=self.metadata(), timeout=self.timeout
+            ):
+                for info in response.info:
+                    out[info.digest] = info.size
+            return out
+
+        return self.call("Content.List", list_all)
+
+    def read(self, digest: str, size: int) -> bytes | None:
+        """The first ``size`` bytes of a blob; None when it is missing."""
+
+        def read_all() -> bytes:
+            chunks = []
+            got = 0
+            for response in self.content.Read(
+                content_pb2.ReadContentRequest(digest=digest, size=size),
+                metadata=self.metadata(),
+                timeout=self.timeout,
+            ):
+                chunks.append(response.data)
+                got += len(response.data)
+                if got >= size:
+                    break
+            return b"".join(chunks)[:size]
+
+        return self._optional(f"Content.Read {digest}", read_all)
+
+    def label_content(self, digest: str, labels: Mapping[str, str]) -> None:
+        """Set these labels on a blob, leaving its other labels as they are."""
+        info = content_pb2.Info(digest=digest, labels=dict(labels))
+        mask = field_mask_pb2.FieldMask(paths=[f"labels.{k}" for k in labels])
+        self.call(
+            f"Content.Update {digest}",
+            lambda: self.content.Update(
+                content_pb2.UpdateRequest(info=info, update_mask=mask),
+                metadata=self.metadata(),
+                timeout=self.timeout,
+            ),
+        )
+
+    def abort(self, ref: str) -> None:
+        """Drop an unfinished ingest (absent is fine)."""
+        with contextlib.suppress(CrishimError):
+            self._optional(
+                f"Content.Abort {ref}",
+                lambda: self.content.Abort(
+                    content_pb2.AbortRequest(ref=ref),
+                    metadata=self.metadata(),
+                    timeout=self.timeout,
+                ),
+            )
+
+    def write_stream(self, lease: str, timeout: float | None) -> WriteStream:
+        return WriteStream(self, lease, timeout)
+
+    # -- leases ----------------------------------------------------------
+
+    def create_lease(self, lease_id: str, labels: Mapping[str, str]) -> str:
+        response = self.call(
+            "Leases.Create",
+            lambda: self.leases.Create(
+                leases_pb2.CreateRequest(id=lease_id, labels=dict(labels)),
+                metadata=self.metadata(),
+                timeout=self.timeout,
+            ),
+        )
+        return str(response.lease.id)
+
+    def delete_lease(self, lease_id: str) -> None:
+        self._optional(
+            f"Leases.Delete {lease_id}",
+            lambda: self.leases.Delete(
+                leases_pb2.DeleteRequest(id=lease_id),
+                metadata=self.metadata(),
+                timeout=self.timeout,
+            ),
+        )
+
+    def lease_content(self, lease_id: str, digests: Iterable[str]) -> None:
+        """Add blobs to a lease, so the garbage collector keeps them while it lives."""
+        for digest in digests:
+            resource = leases_pb2.Resource(id=digest, type="content")
+            self.call(
+                f"Leases.AddResource {digest}",
+                lambda resource=resource: self.leases.AddResource(  # type: ignore[misc]
+                    leases_pb2.AddResourceRequest(id=lease_id, resource=resource),
+                    metadata=self.metadata(),
+                    timeout=self.timeout,
+                ),
+            )
+
+    def list_leases(self) -> list[leases_pb2.Lease]:
+        response = self.call(
+            "Leases.List",
+            lambda: self.leases.List(
+                leases_pb2.ListRequest(), metadata=self.metadata(), timeout=self.timeout
+            ),
+        )
+        return list(response.leases)
+
+    # -- events ----------------------------------------------------------
+
+    def subscribe(self, filters: Sequence[str]) -> Iterator[events_pb2.Envelope]:
+        """A cancellable stream of events (no timeout: it lasts until cancelled)."""
+        stream: Iterator[events_pb2.Envelope] = self.events.Subscribe(
+            events_pb2.SubscribeRequest(filters=list(filters))
+        )
+        return stream
+
+    # -- containerd's CRI: ImageFsInfo, and seeing what crishim pulled ----
+
+    def cri_knows(self, image_id: str, timeout: float) -> bool | None:
+        """Wait (bounded) until containerd's CRI plugin reports the image.
+
+        The plugin learns of new image records from containerd's events, a
+        moment after they are made; kubelet's CreateContainer follows
+        PullImage at once. True once it is seen, False after ``timeout``,
+        None when containerd has no CRI plugin to ask.
+        """
+        request = cri_pb2.ImageStatusRequest(image=cri_pb2.ImageSpec(image=image_id))
+        end = time.monotonic() + timeout
+        delay = 0.005
+        while True:
+            try:
+                response = self.cri_images.ImageStatus(request, timeout=self.timeout)
+            except grpc.RpcError as exc:
+                if isinstance(exc, grpc.Call) and exc.code() == grpc.StatusCode.UNIMPLEMENTED:
+                    return None
+                raise self.error(exc, "CRI ImageStatus") from None
+            if response.HasField("image"):
+                return True
+            if time.monotonic() >= end:
+                return False
+            time.sleep(delay)
+            delay = min(delay * 2, 0.1)
+
+    def image_filesystems(self) -> list[FilesystemUsage]:
+        """What containerd's CRI plugin reports for its image filesystems."""
+        response = self.call(
+            "CRI ImageFsInfo",
+            lambda: self.cri_images.ImageFsInfo(cri_pb2.ImageFsInfoRequest(), timeout=self.timeout),
+        )
+        return [
+            FilesystemUsage(
+                mountpoint=fs.fs_id.mountpoint,
+                used_bytes=fs.used_bytes.value,
+                inodes_used=fs.inodes_used.value,
+                timestamp_ns=fs.timestamp or time.time_ns(),
+            )
+            for fs in response.image_filesystems
+        ]
+
+
+class WriteStream:
+    """One Content.Write stream, one request and one response at a time."""
+
+    def __init__(self, client: ContainerdClient, lease: str, timeout: float | None) -> None:
+        self.client = client
+        self._requests: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._responses: Any = client.content.Write(
+            iter(self._requests.get, _END), metadata=client.metadata(lease), timeout=timeout
+        )
+
+    def send(self, request: content_pb2.WriteContentRequest) -> content_pb2.WriteContentResponse:
+        """Send one message and wait for its answer (raises grpc.RpcError)."""
+        self._requests.put(request)
+        response: content_pb2.WriteContentResponse = next(self._responses)
+        return response
+
+    def close(self) -> None:
+        self._requests.put(_END)
+        with contextlib.suppress(Exception):
+            self._responses.cancel()
