@@ -373,7 +373,14 @@ class Catalog:
             if i == answered:
                 other: ImageRecord | None = record
             else:
-                other = self._call(handle, "get_image", lambda b: b.get_image(id_ref))
+                try:
+                    other = self._call(handle, "get_image", lambda b: b.get_image(id_ref))
+                except CrishimError as exc:
+                    # another backend's trouble costs its names, not this answer
+                    log.debug(
+                        "backend %s: cannot add its names to %s: %s", handle.name, record.id, exc
+                    )
+                    continue
                 if other is not None and self._hidden(other, handle.name, id_ref):
                     continue
             if other is not None:

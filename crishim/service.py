@@ -181,6 +181,18 @@ def verbose_info(answer: Answer) -> dict[str, str]:
     return {"info": json.dumps(info, sort_keys=True, separators=(",", ":"))}
 
 
+#: A "time remaining" beyond this means the caller set no deadline: grpcio
+#: reports an unbounded call as a huge number of seconds, not None.
+_NO_DEADLINE = 365 * 24 * 3600.0
+
+
+def _deadline(remaining: float | None) -> float | None:
+    """The ``time.monotonic()`` value a call must end by, or None for none."""
+    if remaining is None or remaining > _NO_DEADLINE:
+        return None
+    return time.monotonic() + remaining
+
+
 class ImageService(api_pb2_grpc.ImageServiceServicer):
     """The ``runtime.v1.ImageService`` servicer."""
 
@@ -279,7 +291,7 @@ class ImageService(api_pb2_grpc.ImageServiceServicer):
         pull = PullRequest(
             ref=ref,
             auth=auth,
-            deadline=None if remaining is None else time.monotonic() + remaining,
+            deadline=_deadline(remaining),
             cancelled=lambda: not context.is_active(),
             annotations=dict(request.image.annotations),
         )

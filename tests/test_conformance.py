@@ -155,3 +155,36 @@ def test_the_kit_fails_a_backend_that_breaks_the_contract(
     ):
         getattr(kit, check)(run)
     assert message in str(info.value)
+
+
+class _Recording(CriContract):
+    """A kit subclass that records its setup and teardown calls (not collected)."""
+
+    def __init__(self, backends: list[dict[str, Any]]) -> None:
+        self.backends = backends
+        self.calls: list[str] = []
+
+    def cri_setup(self, root: Path) -> ContractSetup:
+        self.calls.append("setup")
+        return ContractSetup(backends=self.backends, images=[])
+
+    def cri_teardown(self, setup: ContractSetup) -> None:
+        assert setup.backends == self.backends
+        self.calls.append("teardown")
+
+
+def test_the_kit_tears_down_every_setup_after_the_server(tmp_path: Path) -> None:
+    layout = LayoutBuilder(tmp_path / "layout").write()
+    kit = _Recording([backend("b", layout)])
+    run = kit._serve(tmp_path / "one")
+    started = next(run)
+    assert kit.calls == ["setup"]
+    assert started.shim.list() == []
+    with contextlib.suppress(StopIteration):
+        next(run)
+    assert kit.calls == ["setup", "teardown"]
+    # a server that cannot start still gets its teardown
+    broken = _Recording([{"name": "b", "type": "no-such-type"}])
+    with pytest.raises(Exception, match="no-such-type"):
+        next(broken._serve(tmp_path / "two"))
+    assert broken.calls == ["setup", "teardown"]

@@ -21,6 +21,8 @@ with the generated CRI client, exactly as kubelet would call it::
 ``cri_setup`` is called once for the class's shared server and once more
 (with a fresh directory) for each test that changes state (removal). It
 must describe *every* image the backend serves: the list checks are exact.
+``cri_teardown(setup)`` is called after each of those servers has stopped,
+on the same object: stop there what ``cri_setup`` started.
 
 The checks:
 
@@ -164,15 +166,25 @@ class CriContract:
         """Write the backend's data under ``root``; say how to serve it and what it holds."""
         raise NotImplementedError("a CriContract subclass implements cri_setup(root)")
 
+    def cri_teardown(self, setup: ContractSetup) -> None:
+        """Undo what ``cri_setup`` started (a service, a daemon), after the server stopped.
+
+        Called once for every ``cri_setup`` call, on the same object, even
+        when the server failed to start. The default does nothing.
+        """
+
     # -- fixtures --------------------------------------------------------
 
     def _serve(self, root: Path) -> Iterator[ContractRun]:
         setup = self.cri_setup(root)
-        config = {**dict(setup.config), "backends": [dict(b) for b in setup.backends]}
-        with running_server(
-            config, base_dir=setup.base_dir, extra_plugins=setup.extra_plugins
-        ) as shim:
-            yield ContractRun(setup, shim)
+        try:
+            config = {**dict(setup.config), "backends": [dict(b) for b in setup.backends]}
+            with running_server(
+                config, base_dir=setup.base_dir, extra_plugins=setup.extra_plugins
+            ) as shim:
+                yield ContractRun(setup, shim)
+        finally:
+            self.cri_teardown(setup)
 
     @pytest.fixture(scope="class")
     @classmethod

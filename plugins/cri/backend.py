@@ -1,0 +1,535 @@
+"""The ``cri`` backend: crishim in front of another CRI image service.
+
+Every call is forwarded, as it comes, to the upstream's
+``runtime.v1.ImageService`` (CRI-O, containerd's CRI plugin, another
+crishim) over one gRPC channel, and its answer mapped to the domain model.
+Nothing is cached: the upstream's store is the truth, so an image pulled or
+removed there is seen at once, and every ImageStatus costs one upstream
+call. crishim's tracing, filters and pins apply as for any backend.
+
+* **Deadlines.** Every upstream call has one: ``call_timeout`` for lookups,
+  lists, usage and removal; for a pull, what is left of the caller's
+  deadline (``pull_timeout`` when the caller gave none). A pull whose
+  caller goes away is cancelled upstream.
+* **Trace context.** The current OpenTelemetry context (the catalog's span
+  for this backend) is injected into the call's metadata with
+  ``opentelemetry.propagate.inject`` (API only), so the upstream's server
+  span joins the caller's trace.
+* **Errors.** Upstream status codes become :mod:`crishim.errors`
+  exceptions naming this backend and the endpoint. They are domain errors
+  on purpose: the catalog then fails the call with them instead of asking
+  the next backend. An unreachable upstream makes ImageStatus UNAVAILABLE,
+  never "absent", because "absent" makes kubelet pull. Upstream messages are
+  passed on, shortened, with the pull's secrets blanked out.
+* **Availability.** ``start()`` does not fail when the upstream is down: it
+  waits ``connect_timeout`` for it, logs a warning, and calls are
+  UNAVAILABLE until the upstream is up. The channel reconnects as calls
+  need it, retrying at most a second apart, so an upstream that starts or
+  restarts later is used without restarting crishim.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from types import MappingProxyType
+from typing import Any
+
+import grpc
+from opentelemetry import propagate
+
+from crishim import reference
+from crishim.cri.runtime.v1 import api_pb2, api_pb2_grpc
+from crishim.errors import (
+    BackendError,
+    Cancelled,
+    CrishimError,
+    DataLoss,
+    DeadlineExceeded,
+    ImageNotFound,
+    InvalidRequest,
+    NotSupported,
+    PermissionDenied,
+    TooLarge,
+    Unauthenticated,
+    Unavailable,
+)
+from crishim.model import NO_ANNOTATIONS, FilesystemUsage, ImageRecord
+from crishim.reference import Reference, RefKind
+from crishim.types import BackendContext, PullAuth, PullRequest
+
+from .options import MAX_SOCKET_PATH, SCHEME, CriOptions
+
+log = logging.getLogger(__name__)
+
+#: How often a forwarded pull checks whether its caller went away.
+CANCEL_POLL_SECONDS = 0.1
+#: Upstream error messages are passed on up to this many characters.
+MAX_DETAILS = 400
+#: While the upstream is away the channel retries after 100 ms, backing off
+#: to 1 s at most (gRPC's default grows to 2 minutes): an upstream that
+#: restarts is used again within about a second. A unix socket connect is cheap.
+INITIAL_RECONNECT_BACKOFF_MS = 100
+MAX_RECONNECT_BACKOFF_MS = 1000
+
+#: A caller's deadline further away than this is no deadline: grpcio reports
+#: a call without one as ~9.2e18 seconds remaining, which a gRPC timeout
+#: cannot carry.
+NO_DEADLINE_SECONDS = 365 * 24 * 3600.0
+
+#: Seconds of a pull's deadline kept back for the answer to come back.
+ANSWER_MARGIN = 0.02
+
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+
+#: Upstream codes that say what crishim's own errors say.
+_DOMAIN_ERRORS: dict[Any, type[CrishimError]] = {
+    grpc.StatusCode.NOT_FOUND: ImageNotFound,
+    grpc.StatusCode.PERMISSION_DENIED: PermissionDenied,
+    grpc.StatusCode.UNAUTHENTICATED: Unauthenticated,
+    grpc.StatusCode.INVALID_ARGUMENT: InvalidRequest,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: TooLarge,
+    grpc.StatusCode.DATA_LOSS: DataLoss,
+    grpc.StatusCode.FAILED_PRECONDITION: NotSupported,
+}
+
+#: Words of gRPC's own messages when the call never reached a server (or
+#: the connection broke): the upstream is unreachable rather than saying
+#: it is unavailable itself.
+_TRANSPORT_WORDS = (
+    "failed to connect",
+    "connection refused",
+    "no such file",
+    "socket closed",
+    "connection reset",
+    "broken pipe",
+    "connect failed",
+    "permission denied",
+    "channel closed",
+    "not connected",
+)
+
+
+def upstream_reference(ref: Reference) -> str:
+    """The reference as the upstream is asked it.
+
+    Names go normalised (``docker.io/library/busybox:latest``). A sha256
+    image ID goes as its bare 64 hex characters, which CRI-O (whose IDs are
+    bare hex), containerd and crishim all read as an ID.
+    """
+    if ref.kind is RefKind.ID:
+        algorithm, _, encoded = ref.digest.partition(":")
+        return encoded if algorithm == "sha256" else ref.digest
+    if ref.kind is RefKind.ID_PREFIX:
+        return ref.id_prefix
+    return str(ref)
+
+
+def upstream_id(image_id: str) -> str:
+    """An image ID as the upstream is given it (bare hex for sha256)."""
+    algorithm, _, encoded = image_id.partition(":")
+    return encoded if algorithm == "sha256" and _HEX64.fullmatch(encoded) else image_id
+
+
+def record_id(raw: str) -> str:
+    """An upstream image ID as crishim reports it: ``sha256:<hex>`` (CRI-O's are bare hex)."""
+    return "sha256:" + raw if _HEX64.fullmatch(raw) else raw
+
+
+def user_of(image: api_pb2.Image) -> str:
+    """``uid``/``username`` back as the config ``User`` that crishim's split_user reads.
+
+    A uid gives its digits (``0`` stays root), a username itself; neither
+    gives ``""``. The CRI reports one of the two, never the group.
+    """
+    if image.HasField("uid") and image.uid.value >= 0:
+        return str(image.uid.value)
+    return image.username
+
+
+def _names(raw: Iterable[str], kind: str) -> tuple[str, ...]:
+    """Upstream repo_tags or repo_digests, normalised; unparsable ones dropped.
+
+    CRI-O lists ``<none>:<none>``-style placeholders for untagged images;
+    they name nothing and are left out.
+    """
+    out: dict[str, None] = {}
+    for text in raw:
+        try:
+            ref = reference.parse(text)
+        except reference.ReferenceError:
+            log.debug("ignoring upstream %s %r: not a reference", kind, text)
+            continue
+        if ref.kind is not RefKind.NAME:
+            ref = ref.also_name if ref.also_name is not None else ref
+        name = ref.tagged() if kind == "tag" else ref.digested()
+        if name:
+            out[name] = None
+    return tuple(out)
+
+
+def _shorten(text: str) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= MAX_DETAILS else text[: MAX_DETAILS - 3] + "..."
+
+
+def _redact(text: str, secrets: Sequence[str]) -> str:
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "<redacted>")
+    return text
+
+
+def _secrets(auth: PullAuth | None) -> tuple[str, ...]:
+    if auth is None:
+        return ()
+    values = (auth.password, auth.auth, auth.identity_token, auth.registry_token)
+    return tuple(v for v in values if v)
+
+
+def _auth_config(auth: PullAuth) -> api_pb2.AuthConfig:
+    return api_pb2.AuthConfig(
+        username=auth.username,
+        password=auth.password,
+        auth=auth.auth,
+        server_address=auth.server_address,
+        identity_token=auth.identity_token,
+        registry_token=auth.registry_token,
+    )
+
+
+def upstream_timeout(remaining: float) -> float:
+    """The gRPC timeout that makes the upstream's deadline no later than ours.
+
+    gRPC sends a timeout rounded *up* to about three significant digits
+    (``grpc-timeout``: 10 ms steps below 10 s, 100 ms below 100 s...), so
+    one step is taken off, and :data:`ANSWER_MARGIN` for the way back.
+    """
+    step = 0.001 if remaining < 1 else 10.0 ** (math.floor(math.log10(remaining)) - 2)
+    return remaining - step - ANSWER_MARGIN
+
+
+def _real_deadline(deadline: float | None) -> float | None:
+    """A pull's ``time.monotonic()`` deadline, or None when it has none worth the name."""
+    if deadline is None or deadline - time.monotonic() > NO_DEADLINE_SECONDS:
+        return None
+    return deadline
+
+
+def trace_metadata() -> tuple[tuple[str, str], ...]:
+    """The current trace context (``traceparent``, ``tracestate``, ``baggage``) as metadata."""
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier)
+    return tuple(carrier.items())
+
+
+class CriBackend:
+    """Forwards the Backend and Puller protocols to an upstream CRI image service."""
+
+    def __init__(self, context: BackendContext, options: CriOptions) -> None:
+        self.context = context
+        self.name = context.name
+        self.options = options
+        path = context.resolve_path(options.endpoint[len(SCHEME) :])
+        if len(str(path).encode()) > MAX_SOCKET_PATH:
+            raise ValueError(
+                f"cri backend {self.name}: the socket path {path} is "
+                f"{len(str(path).encode())} bytes long; unix sockets allow at most "
+                f"{MAX_SOCKET_PATH}"
+            )
+        self.path = path
+        #: ``unix:///abs/path``: named in every message, the record's source.
+        self.endpoint = f"{SCHEME}{path}"
+        self._channel: Any = None
+        self._stub: Any = None
+        self._reachable = False
+        self._state_lock = threading.Lock()
+
+    # -- lifecycle -------------------------------------------------------
+
+    def start(self) -> None:
+        """Open the channel; wait up to ``connect_timeout`` for the upstream, never fail."""
+        max_size = self.options.max_message_size
+        connect_ms = max(int(self.options.connect_timeout * 1000), 1000)
+        channel = grpc.insecure_channel(
+            self.endpoint,
+            options=[
+                ("grpc.max_receive_message_length", max_size),
+                ("grpc.max_send_message_length", max_size),
+                ("grpc.initial_reconnect_backoff_ms", INITIAL_RECONNECT_BACKOFF_MS),
+                ("grpc.max_reconnect_backoff_ms", MAX_RECONNECT_BACKOFF_MS),
+                # the longest one connection attempt may take
+                ("grpc.min_reconnect_backoff_ms", connect_ms),
+                ("grpc.enable_http_proxy", 0),
+            ],
+        )
+        self._channel = channel
+        self._stub = api_pb2_grpc.ImageServiceStub(channel)
+        ready = grpc.channel_ready_future(channel)
+        try:
+            ready.result(timeout=self.options.connect_timeout)
+        except grpc.FutureTimeoutError:
+            ready.cancel()
+            log.warning(
+                "cri backend %s: upstream %s is not reachable (yet); calls fail with "
+                "UNAVAILABLE until it is",
+                self.name,
+                self.endpoint,
+            )
+        else:
+            self._reachable = True
+            log.info("cri backend %s: forwarding to upstream %s", self.name, self.endpoint)
+        channel.subscribe(self._on_connectivity)
+
+    def close(self) -> None:
+        channel, self._channel, self._stub = self._channel, None, None
+        if channel is not None:
+            channel.unsubscribe(self._on_connectivity)
+            channel.close()
+
+    def _on_connectivity(self, state: Any) -> None:
+        """Say once when the upstream is found gone and once when it is back.
+
+        A dropped connection leaves the channel IDLE; the next call's
+        connection attempt fails (TRANSIENT_FAILURE), which is when the
+        loss is logged.
+        """
+        with self._state_lock:
+            if state is grpc.ChannelConnectivity.READY and not self._reachable:
+                self._reachable = True
+                log.info("cri backend %s: upstream %s is reachable", self.name, self.endpoint)
+            elif state is grpc.ChannelConnectivity.TRANSIENT_FAILURE and self._reachable:
+                self._reachable = False
+                log.warning(
+                    "cri backend %s: lost upstream %s; calls fail with UNAVAILABLE until it "
+                    "is back",
+                    self.name,
+                    self.endpoint,
+                )
+
+    # -- the Backend protocol --------------------------------------------
+
+    def get_image(self, ref: Reference) -> ImageRecord | None:
+        """ImageStatus upstream; absent there is None, unreachable is UNAVAILABLE."""
+        return self._status(upstream_reference(ref), self.options.call_timeout, ref)
+
+    def match_id_prefix(self, prefix: str) -> Sequence[str]:
+        """IDs from the upstream's list (the rare path: a reference that is a short ID)."""
+        found: list[str] = []
+        for record in self.list_images():
+            if record.id.partition(":")[2].startswith(prefix):
+                found.append(record.id)
+                if len(found) == 2:
+                    break
+        return found
+
+    def list_images(self) -> list[ImageRecord]:
+        response: api_pb2.ListImagesResponse = self._call(
+            "ListImages", api_pb2.ListImagesRequest(), self.options.call_timeout
+        )
+        return [self._record(image) for image in response.images]
+
+    def filesystem_usage(self) -> Sequence[FilesystemUsage]:
+        """The upstream's ``image_filesystems`` (its ``container_filesystems`` are not images)."""
+        response: api_pb2.ImageFsInfoResponse = self._call(
+            "ImageFsInfo", api_pb2.ImageFsInfoRequest(), self.options.call_timeout
+        )
+        return [
+            FilesystemUsage(
+                mountpoint=usage.fs_id.mountpoint,
+                used_bytes=usage.used_bytes.value,
+                inodes_used=usage.inodes_used.value,
+                timestamp_ns=usage.timestamp,
+            )
+            for usage in response.image_filesystems
+        ]
+
+    def remove_image(self, record: ImageRecord) -> None:
+        """RemoveImage upstream by ID; an image already gone there is removed."""
+        request = api_pb2.RemoveImageRequest(image=api_pb2.ImageSpec(image=upstream_id(record.id)))
+        try:
+            self._call("RemoveImage", request, self.options.call_timeout)
+        except ImageNotFound:
+            log.debug("cri backend %s: %s was already gone upstream", self.name, record.id)
+
+    # -- the Puller protocol ---------------------------------------------
+
+    def pull_image(self, request: PullRequest) -> ImageRecord:
+        """PullImage upstream with the caller's auth, annotations and deadline."""
+        ref = request.ref
+        pull = api_pb2.PullImageRequest(
+            image=api_pb2.ImageSpec(image=str(ref), annotations=dict(request.annotations))
+        )
+        if request.auth:
+            pull.auth.CopyFrom(_auth_config(request.auth))
+        deadline = _real_deadline(request.deadline)
+        if deadline is None:
+            timeout, bound = self.options.pull_timeout, "pull_timeout"
+        else:
+            timeout, bound = upstream_timeout(deadline - time.monotonic()), "the caller's deadline"
+            if timeout <= 0:
+                raise DeadlineExceeded(
+                    f"cri backend {self.name}: the caller's deadline ran out before the pull "
+                    f"of {ref} was forwarded to upstream {self.endpoint}"
+                )
+        log.debug(
+            "cri backend %s: forwarding PullImage of %s to %s (auth: %r, timeout %.3gs)",
+            self.name,
+            ref,
+            self.endpoint,
+            request.auth,
+            timeout,
+        )
+        secrets = _secrets(request.auth)
+        stub = self._stub_or_unavailable()
+        try:
+            future = stub.PullImage.future(pull, timeout=timeout, metadata=trace_metadata())
+        except ValueError as exc:  # the channel was closed under us
+            raise self._closed(exc) from None
+        response = self._wait_for_pull(future, request, timeout, bound, secrets)
+        image_ref = response.image_ref
+        if not image_ref:
+            raise BackendError(
+                self.name, f"upstream {self.endpoint} pulled {ref} but answered no image_ref"
+            )
+        status_timeout = self.options.call_timeout
+        if deadline is not None:
+            status_timeout = min(status_timeout, max(deadline - time.monotonic(), 0.001))
+        record = self._status(image_ref, status_timeout, None)
+        if record is None:
+            raise BackendError(
+                self.name,
+                f"upstream {self.endpoint} pulled {ref} as {_shorten(image_ref)!r} "
+                "but does not know that image",
+            )
+        return record
+
+    def _wait_for_pull(
+        self,
+        future: Any,
+        request: PullRequest,
+        timeout: float,
+        bound: str,
+        secrets: Sequence[str],
+    ) -> api_pb2.PullImageResponse:
+        """The pull's answer; cancels it upstream as soon as the caller goes away."""
+        while True:
+            try:
+                response: api_pb2.PullImageResponse = future.result(timeout=CANCEL_POLL_SECONDS)
+                return response
+            except grpc.FutureTimeoutError:
+                if request.cancelled():
+                    future.cancel()
+                    raise Cancelled(
+                        f"cri backend {self.name}: the caller went away; the pull of "
+                        f"{request.ref} by upstream {self.endpoint} was cancelled"
+                    ) from None
+            except grpc.FutureCancelledError:
+                raise Cancelled(
+                    f"cri backend {self.name}: the pull of {request.ref} by upstream "
+                    f"{self.endpoint} was cancelled"
+                ) from None
+            except grpc.RpcError as exc:
+                if exc.code() is grpc.StatusCode.DEADLINE_EXCEEDED:
+                    raise DeadlineExceeded(
+                        f"cri backend {self.name}: upstream {self.endpoint} did not finish "
+                        f"the pull of {request.ref} within {bound} ({timeout:.3g}s)"
+                    ) from None
+                raise self._error(exc, "PullImage", timeout, secrets) from None
+
+    # -- calls -----------------------------------------------------------
+
+    def _status(self, text: str, timeout: float, asked: Reference | None) -> ImageRecord | None:
+        request = api_pb2.ImageStatusRequest(image=api_pb2.ImageSpec(image=text))
+        try:
+            response: api_pb2.ImageStatusResponse = self._call("ImageStatus", request, timeout)
+        except ImageNotFound:  # a runtime that says NOT_FOUND instead of "image unset"
+            return None
+        if not response.HasField("image"):
+            return None
+        record = self._record(response.image)
+        if asked is not None and asked.kind is RefKind.ID and record.id != asked.digest:
+            log.debug(
+                "cri backend %s: upstream answered %s for ID %s; taken as absent",
+                self.name,
+                record.id,
+                asked.digest,
+            )
+            return None
+        return record
+
+    def _call(self, method: str, request: Any, timeout: float) -> Any:
+        """One unary call upstream, with a deadline and the trace context."""
+        stub = self._stub_or_unavailable()
+        try:
+            return getattr(stub, method)(request, timeout=timeout, metadata=trace_metadata())
+        except grpc.RpcError as exc:
+            raise self._error(exc, method, timeout, ()) from None
+        except ValueError as exc:  # the channel was closed under us
+            raise self._closed(exc) from None
+
+    def _stub_or_unavailable(self) -> Any:
+        stub = self._stub
+        if stub is None:
+            raise Unavailable(
+                f"cri backend {self.name}: upstream {self.endpoint} is unreachable: "
+                "the backend is not started"
+            )
+        return stub
+
+    def _closed(self, exc: Exception) -> Unavailable:
+        return Unavailable(
+            f"cri backend {self.name}: upstream {self.endpoint} is unreachable: {exc}"
+        )
+
+    def _error(
+        self, exc: grpc.RpcError, method: str, timeout: float, secrets: Sequence[str]
+    ) -> CrishimError:
+        """The domain error for an upstream status, naming this backend and the endpoint."""
+        code = exc.code()
+        details = _shorten(_redact(exc.details() or "", secrets)) or "no details"
+        where = f"cri backend {self.name}: upstream {self.endpoint}"
+        if code is grpc.StatusCode.UNAVAILABLE:
+            lowered = details.lower()
+            state = (
+                "is unreachable"
+                if any(w in lowered for w in _TRANSPORT_WORDS)
+                else "is unavailable"
+            )
+            return Unavailable(f"{where} {state}: {details}")
+        if code is grpc.StatusCode.DEADLINE_EXCEEDED:
+            return DeadlineExceeded(f"{where} did not answer {method} within {timeout:.3g}s")
+        if code is grpc.StatusCode.CANCELLED:
+            # crishim did not cancel it (pulls handle their own cancellation)
+            return Unavailable(f"{where} cancelled {method}: {details}")
+        if code is grpc.StatusCode.UNIMPLEMENTED:
+            return BackendError(
+                self.name,
+                f"upstream {self.endpoint} does not serve runtime.v1.ImageService/{method} "
+                f"(is it a CRI v1 image endpoint?): {details}",
+            )
+        kind = _DOMAIN_ERRORS.get(code)
+        if kind is not None:
+            return kind(f"{where}: {method}: {details}")
+        name = getattr(code, "name", str(code))
+        return BackendError(
+            self.name, f"upstream {self.endpoint}: {method} failed: {name}: {details}"
+        )
+
+    def _record(self, image: api_pb2.Image) -> ImageRecord:
+        annotations = dict(image.spec.annotations)
+        return ImageRecord(
+            id=record_id(image.id),
+            repo_tags=_names(image.repo_tags, "tag"),
+            repo_digests=_names(image.repo_digests, "digest"),
+            size=image.size,
+            user=user_of(image),
+            annotations=MappingProxyType(annotations) if annotations else NO_ANNOTATIONS,
+            source=self.endpoint,
+            pinned=image.pinned,
+            upstream=self.endpoint,
+        )
