@@ -80,10 +80,13 @@ ROOTS: tuple[ProtoRoot, ...] = (
         output="plugins/containerd/api",
         files=(
             "types/descriptor.proto",
+            "types/mount.proto",
             "services/content/v1/content.proto",
+            "services/diff/v1/diff.proto",
             "services/events/v1/events.proto",
             "services/images/v1/images.proto",
             "services/leases/v1/leases.proto",
+            "services/snapshots/v1/snapshots.proto",
             "services/version/v1/version.proto",
             "events/content.proto",
             "events/image.proto",

@@ -19,14 +19,23 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 import yaml
 from containerd.cri import CriClient
-from containerd.images import ContainerdImages, build_images, push_images
+from containerd.images import (
+    ContainerdImages,
+    build_images,
+    busybox_binary,
+    busybox_files,
+    host_platform,
+    push_images,
+)
 from containerd.process import CRI_METADATA, Binaries, ContainerdProcess
 from crishim_plugins.containerd.api.services.content.v1 import content_pb2, content_pb2_grpc
 from crishim_plugins.containerd.api.services.images.v1 import images_pb2, images_pb2_grpc
 from crishim_plugins.containerd.api.services.leases.v1 import leases_pb2, leases_pb2_grpc
+from crishim_plugins.containerd.api.services.snapshots.v1 import snapshots_pb2, snapshots_pb2_grpc
 from crishim_plugins.containerd.api.types import descriptor_pb2
 from registry.process import RegistryProcess
 from registry.proxy import TamperingProxy
@@ -39,6 +48,7 @@ from crishim.testing.server import RunningShim, running_server
 pytest_plugins = ["registry.fixtures", "containerd.fixtures"]
 
 NAMESPACE = "k8s.io"
+SNAPSHOTTER = "overlayfs"
 WAIT = 10.0
 
 
@@ -69,6 +79,7 @@ class Node:
         self.content = content_pb2_grpc.ContentStub(channel)
         self.image_records = images_pb2_grpc.ImagesStub(channel)
         self.leases = leases_pb2_grpc.LeasesStub(channel)
+        self.snapshots = snapshots_pb2_grpc.SnapshotsStub(channel)
 
     def ref(self, repository: str, tag: str = "1") -> str:
         return f"{self.registry.host}/{repository}:{tag}"
@@ -107,6 +118,23 @@ class Node:
             found.update(info.digest for info in response.info)
         return found
 
+    def snapshot(self, name: str) -> bool:
+        try:
+            self.snapshots.Stat(
+                snapshots_pb2.StatSnapshotRequest(snapshotter=SNAPSHOTTER, key=name),
+                metadata=CRI_METADATA,
+                timeout=30,
+            )
+        except grpc.RpcError as exc:
+            if exc.code() == grpc.StatusCode.NOT_FOUND:
+                return False
+            raise
+        return True
+
+    def info(self, digest: str) -> content_pb2.Info:
+        request = content_pb2.InfoRequest(digest=digest)
+        return self.content.Info(request, metadata=CRI_METADATA, timeout=30).info
+
     def lease_ids(self) -> set[str]:
         response = self.leases.List(leases_pb2.ListRequest(), metadata=CRI_METADATA, timeout=30)
         return {lease.id for lease in response.leases}
@@ -140,6 +168,14 @@ def _push_extra(registry: RegistryProcess, root: Path, busybox: ContainerdImages
             out[name] = image
         noise = os.urandom(2 * 1024 * 1024)
         out["big"] = b.image(name="big", layers=[{"big/a": noise}, {"big/b": noise[::-1]}])
+        architecture, variant = host_platform()
+        for name in ("lazy", "tampered"):
+            out[name] = b.image(
+                name=name,
+                layers=[busybox_files(busybox_binary()), {f"data/{name}": f"{name}\n" * 50}],
+                architecture=architecture,
+                variant=variant,
+            )
         b.write()
         for name, image in out.items():
             pusher.image(f"crishim/{name}", image, ["1"])
@@ -244,6 +280,80 @@ def test_names_are_those_containerds_cri_gives(node: Node, shim: RunningShim) ->
     assert not {lease for lease in node.lease_ids() if lease.startswith("crishim-")}
 
 
+def test_a_pull_unpacks_the_layers_for_containerd(node: Node, shim: RunningShim) -> None:
+    ref = node.ref("crishim/busybox")
+    image = node.images["busybox"]
+    pull(shim, ref)
+    top = image.chain_id
+    assert node.snapshot(top)
+    # the config keeps the snapshots from the garbage collector, as containerd's pull does
+    assert (
+        node.info(image.config.digest).labels[f"containerd.io/gc.ref.snapshot.{SNAPSHOTTER}"] == top
+    )
+    for layer, diff_id in zip(image.layers, image.diff_ids, strict=True):
+        assert node.info(layer.digest).labels["containerd.io/uncompressed"] == diff_id
+
+
+def test_without_unpack_containerd_unpacks_at_create(node: Node, tmp_path: Path) -> None:
+    image = node.images["lazy"]
+    with running_server(node.config(unpack=False)) as shim:
+        image_id = pull(shim, node.ref("crishim/lazy"))
+        assert not node.snapshot(image.chain_id)
+        pull(shim, node.ref("crishim/pause"))
+        with CriClient(node.containerd.channel(), tmp_path / "pods") as cri:
+            pod = cri.run_pod("lazy")
+            container = cri.run_container(pod, "lazy", image_id, command=["/bin/cat", "/data/lazy"])
+            assert cri.wait_exited(container).exit_code == 0
+            assert cri.log_lines(pod, container)[:2] == ["lazy", "lazy"]
+        assert node.snapshot(image.chain_id)
+
+
+def test_a_corrupted_layer_is_data_loss_and_nothing_is_kept(
+    node: Node, registry: RegistryProcess
+) -> None:
+    image = node.images["tampered"]
+    layer = image.layers[1].digest
+    proxy = TamperingProxy(registry.port).start()
+    try:
+        proxy.tamper.add(layer)
+        with running_server(node.config(registry_url=proxy.url)) as shim:
+            ref = node.ref("crishim/tampered")
+            with pytest.raises(grpc.RpcError) as info:
+                pull(shim, ref)
+            assert info.value.code() == grpc.StatusCode.DATA_LOSS
+            assert layer in (info.value.details() or "")
+            assert not shim.status(ref).HasField("image")
+        assert not {n for n in node.names() if "tampered" in n}
+        assert layer not in node.blobs()
+        assert not {lease for lease in node.lease_ids() if lease.startswith("crishim-")}
+    finally:
+        proxy.stop()
+
+
+def test_pins_are_containerds_pin_label_both_ways(node: Node) -> None:
+    ref = node.ref("crishim/kit-a")
+    image_id = node.images["kit-a"].id
+    config = {**node.config(), "pinned": [f"{node.registry.host}/crishim/kit-*"]}
+    with running_server(config) as shim:
+        assert pull(shim, ref) == image_id
+        assert shim.status(ref).image.pinned
+        labelled = [
+            image
+            for image in node.image_records.List(
+                images_pb2.ListImagesRequest(), metadata=CRI_METADATA, timeout=30
+            ).images
+            if image.target.digest == node.images["kit-a"].manifest.digest
+        ]
+        assert labelled
+        assert {image.labels.get("io.cri-containerd.pinned") for image in labelled} == {"pinned"}
+    # a server whose config pins nothing still reports what containerd's label pins
+    with running_server(node.config()) as shim:
+        assert shim.status(image_id).image.pinned
+        pause_id = pull(shim, node.ref("crishim/pause"))
+        assert not shim.status(pause_id).image.pinned
+        shim.remove(image_id)
+
+
 # -- the index follows containerd -----------------------------------------------------------
 
 
@@ -266,12 +376,14 @@ def test_remove_through_crishim_reclaims_the_blobs(node: Node, shim: RunningShim
     image_id = pull(shim, ref)
     own = {image.manifest.digest, image.config.digest, *(d.digest for d in image.layers)}
     assert own <= node.blobs()
+    assert node.snapshot(image.chain_id)
     shim.remove(ref)
     assert not shim.status(image_id).HasField("image")
     assert node.cri_status(image_id) is None
     assert not {n for n in node.names() if "removable" in n or n == image_id}
     # the last delete was synchronous: the garbage collector already ran
     assert not own & node.blobs()
+    assert not node.snapshot(image.chain_id)
     shim.remove(ref)  # idempotent
 
 

@@ -1,7 +1,8 @@
 """Wire contract of our containerd API protos (and the CRI RuntimeService client subset).
 
 The tables below were compiled by hand from containerd 1.6's ``api/`` protos
-(``services/{images,content,leases,events,version}/v1``, ``types/descriptor.proto``,
+(``services/{images,content,leases,events,version,snapshots,diff}/v1``,
+``types/{descriptor,mount}.proto``,
 ``events/{image,content}.proto``); containerd answers exactly these method
 paths, field numbers and types. If a test here fails, the transcription in
 ``proto/containerd/`` drifted from containerd (or a deliberate update needs
@@ -18,11 +19,13 @@ import pytest
 from crishim_plugins.containerd.api.events import content_pb2 as content_events_pb2
 from crishim_plugins.containerd.api.events import image_pb2 as image_events_pb2
 from crishim_plugins.containerd.api.services.content.v1 import content_pb2, content_pb2_grpc
+from crishim_plugins.containerd.api.services.diff.v1 import diff_pb2, diff_pb2_grpc
 from crishim_plugins.containerd.api.services.events.v1 import events_pb2, events_pb2_grpc
 from crishim_plugins.containerd.api.services.images.v1 import images_pb2, images_pb2_grpc
 from crishim_plugins.containerd.api.services.leases.v1 import leases_pb2, leases_pb2_grpc
+from crishim_plugins.containerd.api.services.snapshots.v1 import snapshots_pb2, snapshots_pb2_grpc
 from crishim_plugins.containerd.api.services.version.v1 import version_pb2, version_pb2_grpc
-from crishim_plugins.containerd.api.types import descriptor_pb2
+from crishim_plugins.containerd.api.types import descriptor_pb2, mount_pb2
 from google.protobuf.descriptor import Descriptor, FieldDescriptor, FileDescriptor
 
 from crishim.cri.runtime.v1 import api_pb2, runtime_service_pb2, runtime_service_pb2_grpc
@@ -90,6 +93,30 @@ SERVICES: dict[str, tuple[ModuleType, ModuleType, dict[str, tuple[str, str, str]
         version_pb2_grpc,
         {"Version": (EMPTY, "VersionResponse", UNARY)},
     ),
+    "containerd.services.snapshots.v1.Snapshots": (
+        snapshots_pb2,
+        snapshots_pb2_grpc,
+        {
+            "Prepare": ("PrepareSnapshotRequest", "PrepareSnapshotResponse", UNARY),
+            "View": ("ViewSnapshotRequest", "ViewSnapshotResponse", UNARY),
+            "Mounts": ("MountsRequest", "MountsResponse", UNARY),
+            "Commit": ("CommitSnapshotRequest", EMPTY, UNARY),
+            "Remove": ("RemoveSnapshotRequest", EMPTY, UNARY),
+            "Stat": ("StatSnapshotRequest", "StatSnapshotResponse", UNARY),
+            "Update": ("UpdateSnapshotRequest", "UpdateSnapshotResponse", UNARY),
+            "List": ("ListSnapshotsRequest", "ListSnapshotsResponse", SERVER_STREAM),
+            "Usage": ("UsageRequest", "UsageResponse", UNARY),
+            "Cleanup": ("CleanupRequest", EMPTY, UNARY),
+        },
+    ),
+    "containerd.services.diff.v1.Diff": (
+        diff_pb2,
+        diff_pb2_grpc,
+        {
+            "Apply": ("ApplyRequest", "ApplyResponse", UNARY),
+            "Diff": ("DiffRequest", "DiffResponse", UNARY),
+        },
+    ),
 }
 
 # -- messages --------------------------------------------------------------------------
@@ -103,6 +130,46 @@ MASK = "google.protobuf.FieldMask"
 
 # message full name -> field -> (number, type, cardinality, message/enum full name)
 FIELDS: dict[str, dict[str, tuple[int, str, str, str | None]]] = {
+    "containerd.types.Mount": {
+        "type": (1, "string", ONE, None),
+        "source": (2, "string", ONE, None),
+        "target": (3, "string", ONE, None),
+        "options": (4, "string", REP, None),
+    },
+    "containerd.services.snapshots.v1.PrepareSnapshotRequest": {
+        "snapshotter": (1, "string", ONE, None),
+        "key": (2, "string", ONE, None),
+        "parent": (3, "string", ONE, None),
+        "labels": (4, MAP, REP, None),
+    },
+    "containerd.services.snapshots.v1.PrepareSnapshotResponse": {
+        "mounts": (1, "message", REP, "containerd.types.Mount"),
+    },
+    "containerd.services.snapshots.v1.CommitSnapshotRequest": {
+        "snapshotter": (1, "string", ONE, None),
+        "name": (2, "string", ONE, None),
+        "key": (3, "string", ONE, None),
+        "labels": (4, MAP, REP, None),
+    },
+    "containerd.services.snapshots.v1.Info": {
+        "name": (1, "string", ONE, None),
+        "parent": (2, "string", ONE, None),
+        "kind": (3, "enum", ONE, "containerd.services.snapshots.v1.Kind"),
+        "created_at": (4, "message", ONE, TS),
+        "updated_at": (5, "message", ONE, TS),
+        "labels": (6, MAP, REP, None),
+    },
+    "containerd.services.diff.v1.ApplyRequest": {
+        "diff": (1, "message", ONE, "containerd.types.Descriptor"),
+        "mounts": (2, "message", REP, "containerd.types.Mount"),
+        "payloads": (3, "map<string,message>", REP, None),
+    },
+    "containerd.services.diff.v1.ApplyResponse": {
+        "applied": (1, "message", ONE, "containerd.types.Descriptor"),
+    },
+    "containerd.services.diff.v1.DiffResponse": {
+        "diff": (3, "message", ONE, "containerd.types.Descriptor"),
+    },
     "containerd.types.Descriptor": {
         "media_type": (1, "string", ONE, None),
         "digest": (2, "string", ONE, None),
@@ -267,6 +334,28 @@ MESSAGES: dict[ModuleType, set[str]] = {
     image_events_pb2: {"ImageCreate", "ImageUpdate", "ImageDelete"},
     content_events_pb2: {"ContentDelete"},
     version_pb2: {"VersionResponse"},
+    mount_pb2: {"Mount"},
+    snapshots_pb2: {
+        "PrepareSnapshotRequest",
+        "PrepareSnapshotResponse",
+        "ViewSnapshotRequest",
+        "ViewSnapshotResponse",
+        "MountsRequest",
+        "MountsResponse",
+        "RemoveSnapshotRequest",
+        "CommitSnapshotRequest",
+        "StatSnapshotRequest",
+        "Info",
+        "StatSnapshotResponse",
+        "UpdateSnapshotRequest",
+        "UpdateSnapshotResponse",
+        "ListSnapshotsRequest",
+        "ListSnapshotsResponse",
+        "UsageRequest",
+        "UsageResponse",
+        "CleanupRequest",
+    },
+    diff_pb2: {"ApplyRequest", "ApplyResponse", "DiffRequest", "DiffResponse"},
 }
 
 PACKAGES: dict[ModuleType, str] = {
@@ -278,6 +367,9 @@ PACKAGES: dict[ModuleType, str] = {
     image_events_pb2: "containerd.services.images.v1",
     content_events_pb2: "containerd.events",
     version_pb2: "containerd.services.version.v1",
+    mount_pb2: "containerd.types",
+    snapshots_pb2: "containerd.services.snapshots.v1",
+    diff_pb2: "containerd.services.diff.v1",
 }
 
 _TYPE_NAMES = {

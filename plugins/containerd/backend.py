@@ -60,6 +60,7 @@ from .client import ContainerdClient
 from .options import DEFAULT_NAMESPACE as CRI_NAMESPACE
 from .options import ContainerdOptions
 from .sink import DISTRIBUTION_SOURCE, ContainerdSink, gc_labels
+from .unpack import Unpacker
 
 log = logging.getLogger(__name__)
 
@@ -436,7 +437,7 @@ class ContainerdBackend(IndexedBackend):
             deadline=deadline_at,
         ) as sink:
             for _ in range(COMMIT_ATTEMPTS):
-                self.puller.fetch(source, plan, sink, progress)
+                self._fetch(source, plan, sink, progress)
                 record = self._commit(ref, plan, sink, source.deadline)
                 if record is not None:
                     return record
@@ -448,6 +449,34 @@ class ContainerdBackend(IndexedBackend):
         raise Unavailable(
             f"{source.deadline.what}: containerd kept collecting the blobs; try again"
         )
+
+    def _fetch(
+        self, source: ImageSource, plan: Plan, sink: ContainerdSink, progress: Progress | None
+    ) -> None:
+        """Fetch every blob of the plan; unpack the layers meanwhile (``unpack``)."""
+        if not self.options.unpack:
+            self.puller.fetch(source, plan, sink, progress)
+            return
+        unpacker = Unpacker(
+            self.client,
+            sink,
+            plan,
+            self.options.snapshotter,
+            source.deadline,
+            self.options.unpack_timeout,
+        )
+        unpacker.start()
+        try:
+            self.puller.fetch(source, plan, sink, unpacker.watch(progress))
+        except BaseException:
+            unpacker.stop()
+            raise
+        with self.tracer.start_as_current_span(
+            "containerd.unpack",
+            attributes={"crishim.snapshotter": self.options.snapshotter},
+        ) as span:
+            top = unpacker.wait()
+            span.set_attribute("oci.chain_id", top)
 
     def _commit(
         self, ref: Reference, plan: Plan, sink: ContainerdSink, deadline: Deadline

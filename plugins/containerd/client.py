@@ -31,11 +31,13 @@ from crishim.errors import BackendError, CrishimError, Unavailable
 from crishim.model import FilesystemUsage
 
 from .api.services.content.v1 import content_pb2, content_pb2_grpc
+from .api.services.diff.v1 import diff_pb2, diff_pb2_grpc
 from .api.services.events.v1 import events_pb2, events_pb2_grpc
 from .api.services.images.v1 import images_pb2, images_pb2_grpc
 from .api.services.leases.v1 import leases_pb2, leases_pb2_grpc
+from .api.services.snapshots.v1 import snapshots_pb2, snapshots_pb2_grpc
 from .api.services.version.v1 import version_pb2_grpc
-from .api.types import descriptor_pb2
+from .api.types import descriptor_pb2, mount_pb2
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -70,6 +72,8 @@ class ContainerdClient:
         self.leases: leases_pb2_grpc.LeasesStub
         self.events: events_pb2_grpc.EventsStub
         self.version_service: version_pb2_grpc.VersionStub
+        self.snapshots: snapshots_pb2_grpc.SnapshotsStub
+        self.diff: diff_pb2_grpc.DiffStub
         self.cri_images: cri_grpc.ImageServiceStub
 
     # -- the channel -----------------------------------------------------
@@ -92,6 +96,8 @@ class ContainerdClient:
         self.leases = leases_pb2_grpc.LeasesStub(self._channel)
         self.events = events_pb2_grpc.EventsStub(self._channel)
         self.version_service = version_pb2_grpc.VersionStub(self._channel)
+        self.snapshots = snapshots_pb2_grpc.SnapshotsStub(self._channel)
+        self.diff = diff_pb2_grpc.DiffStub(self._channel)
         self.cri_images = cri_grpc.ImageServiceStub(self._channel)
 
     def close(self) -> None:
@@ -334,6 +340,81 @@ class ContainerdClient:
         )
         return list(response.leases)
 
+    # -- snapshots and the diff service (unpacking) ------------------------
+
+    def snapshot_exists(self, snapshotter: str, name: str) -> bool:
+        found = self._optional(
+            f"Snapshots.Stat {name}",
+            lambda: self.snapshots.Stat(
+                snapshots_pb2.StatSnapshotRequest(snapshotter=snapshotter, key=name),
+                metadata=self.metadata(),
+                timeout=self.timeout,
+            ),
+        )
+        return found is not None
+
+    def prepare_snapshot(
+        self, snapshotter: str, key: str, parent: str, labels: Mapping[str, str], lease: str
+    ) -> list[mount_pb2.Mount]:
+        response = self.call(
+            f"Snapshots.Prepare {key}",
+            lambda: self.snapshots.Prepare(
+                snapshots_pb2.PrepareSnapshotRequest(
+                    snapshotter=snapshotter, key=key, parent=parent, labels=dict(labels)
+                ),
+                metadata=self.metadata(lease),
+                timeout=self.timeout,
+            ),
+        )
+        return list(response.mounts)
+
+    def commit_snapshot(
+        self, snapshotter: str, name: str, key: str, labels: Mapping[str, str], lease: str
+    ) -> bool:
+        """Commit an active snapshot under ``name``; False when that name exists already."""
+        try:
+            self.snapshots.Commit(
+                snapshots_pb2.CommitSnapshotRequest(
+                    snapshotter=snapshotter, name=name, key=key, labels=dict(labels)
+                ),
+                metadata=self.metadata(lease),
+                timeout=self.timeout,
+            )
+        except grpc.RpcError as exc:
+            if isinstance(exc, grpc.Call) and exc.code() == grpc.StatusCode.ALREADY_EXISTS:
+                return False
+            raise self.error(exc, f"Snapshots.Commit {name}") from None
+        return True
+
+    def remove_snapshot(self, snapshotter: str, key: str) -> None:
+        with contextlib.suppress(CrishimError):
+            self._optional(
+                f"Snapshots.Remove {key}",
+                lambda: self.snapshots.Remove(
+                    snapshots_pb2.RemoveSnapshotRequest(snapshotter=snapshotter, key=key),
+                    metadata=self.metadata(),
+                    timeout=self.timeout,
+                ),
+            )
+
+    def apply_layer(
+        self,
+        layer: descriptor_pb2.Descriptor,
+        mounts: Sequence[mount_pb2.Mount],
+        lease: str,
+        timeout: float | None,
+    ) -> str:
+        """Unpack a layer blob onto mounts; the digest of what was applied (its diff ID)."""
+        response = self.call(
+            f"Diff.Apply {layer.digest}",
+            lambda: self.diff.Apply(
+                diff_pb2.ApplyRequest(diff=layer, mounts=list(mounts)),
+                metadata=self.metadata(lease),
+                timeout=timeout,
+            ),
+        )
+        return str(response.applied.digest)
+
     # -- events ----------------------------------------------------------
 
     def subscribe(self, filters: Sequence[str]) -> Iterator[events_pb2.Envelope]:
@@ -388,22 +469,60 @@ class ContainerdClient:
 
 
 class WriteStream:
-    """One Content.Write stream, one request and one response at a time."""
+    """One Content.Write stream, pipelined.
+
+    containerd answers every message, in order. :meth:`push` sends without
+    waiting (reading old answers once ``WINDOW`` are unread, so neither
+    side's flow-control window fills); :meth:`send` sends and reads every
+    answer still due, returning the last. At most ``QUEUED`` messages wait
+    to be sent, so a slow containerd holds the producer back.
+    """
+
+    WINDOW = 64
+    QUEUED = 8
 
     def __init__(self, client: ContainerdClient, lease: str, timeout: float | None) -> None:
         self.client = client
-        self._requests: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._requests: queue.Queue[Any] = queue.Queue(maxsize=self.QUEUED)
         self._responses: Any = client.content.Write(
             iter(self._requests.get, _END), metadata=client.metadata(lease), timeout=timeout
         )
+        self._unread = 0
+
+    def _put(self, item: object) -> None:
+        while True:
+            try:
+                self._requests.put(item, timeout=0.2)
+                return
+            except queue.Full:
+                if self._responses.done():
+                    # the call ended (an error): surface it instead of waiting forever
+                    self._read()
+                    raise StopIteration from None
+
+    def _read(self) -> content_pb2.WriteContentResponse:
+        response: content_pb2.WriteContentResponse = next(self._responses)
+        self._unread -= 1
+        return response
+
+    def push(self, request: content_pb2.WriteContentRequest) -> None:
+        """Send one message without waiting for its answer (raises grpc.RpcError)."""
+        self._put(request)
+        self._unread += 1
+        while self._unread > self.WINDOW:
+            self._read()
 
     def send(self, request: content_pb2.WriteContentRequest) -> content_pb2.WriteContentResponse:
-        """Send one message and wait for its answer (raises grpc.RpcError)."""
-        self._requests.put(request)
-        response: content_pb2.WriteContentResponse = next(self._responses)
+        """Send one message and read every answer due; the last one is this message's."""
+        self._put(request)
+        self._unread += 1
+        response = self._read()
+        while self._unread > 0:
+            response = self._read()
         return response
 
     def close(self) -> None:
-        self._requests.put(_END)
+        with contextlib.suppress(queue.Full):
+            self._requests.put_nowait(_END)
         with contextlib.suppress(Exception):
             self._responses.cancel()

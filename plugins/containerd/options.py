@@ -35,6 +35,14 @@ class ContainerdOptions(PullOptions):
     lease_ttl: float = Field(default=3600.0, ge=1, le=7 * 86400)
     #: Longest wait between reconnection attempts when containerd is away.
     max_reconnect_delay: float = Field(default=10.0, gt=0, le=600)
+    #: Unpack pulled layers into ``snapshotter`` while the pull runs, as
+    #: containerd's own pull does (else containerd unpacks at the first
+    #: CreateContainer).
+    unpack: bool = True
+    #: The snapshotter containerd's CRI plugin creates containers with.
+    snapshotter: str = Field(default="overlayfs", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    #: Seconds unpacking one layer may take.
+    unpack_timeout: float = Field(default=600.0, gt=0, le=86400)
 
     @field_validator("address")
     @classmethod

@@ -1,0 +1,1 @@
+"""Generated package: do not edit; regenerate with scripts/gen_proto.py."""
