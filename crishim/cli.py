@@ -12,8 +12,9 @@ from typing import NoReturn
 import click
 
 from crishim import __version__, logs
+from crishim.catalog import Catalog
 from crishim.config import ConfigError, Settings, load_settings
-from crishim.container import make_application
+from crishim.container import Application, make_application
 from crishim.errors import CrishimError
 from crishim.manager import PluginError, PluginInfo, load_plugins
 from crishim.server import SocketError, run_until_signalled
@@ -35,6 +36,18 @@ def _load(path: str) -> Settings:
         return load_settings(path)
     except ConfigError as exc:
         _fail(f"invalid config:\n{exc}", EXIT_CONFIG)
+
+
+def _config_failed(exc: ConfigError | PluginError) -> NoReturn:
+    _fail(f"invalid config:\n{exc}" if isinstance(exc, ConfigError) else str(exc), EXIT_CONFIG)
+
+
+def _catalog(app: Application) -> Catalog:
+    """The application's catalog; a config or plugin problem ends the command (exit 2)."""
+    try:
+        return app.catalog()
+    except (ConfigError, PluginError) as exc:
+        _config_failed(exc)
 
 
 @click.group()
@@ -73,10 +86,7 @@ def serve(config_path: str, listen: str | None, strict_plugins: bool | None) -> 
             _fail(f"--listen: {exc}", EXIT_CONFIG)
     logs.configure(settings.logging.level, settings.logging.format)
     app = make_application(settings, strict_plugins=strict_plugins)
-    try:
-        catalog = app.catalog()
-    except (ConfigError, PluginError) as exc:
-        _fail(f"invalid config:\n{exc}" if isinstance(exc, ConfigError) else str(exc), EXIT_CONFIG)
+    catalog = _catalog(app)
     try:
         catalog.start()
         server = app.server()
@@ -119,7 +129,7 @@ def check_config(config_path: str) -> None:
         filters = app.filters()
         tracing_setup, metrics_setup = app.tracing_setup(), app.metrics_setup()
     except (ConfigError, PluginError) as exc:
-        _fail(f"invalid config:\n{exc}" if isinstance(exc, ConfigError) else str(exc), EXIT_CONFIG)
+        _config_failed(exc)
     types = plugins.backend_types()
     click.echo(f"config: {settings.source}: OK")
     click.echo(f"listen: unix://{settings.socket_path}")
@@ -235,10 +245,7 @@ def pull_command(
         password = sys.stdin.readline().rstrip("\r\n") if password_stdin else ""
         auth = PullAuth(username=username, password=password)
     app = make_application(settings)
-    try:
-        catalog = app.catalog()
-    except (ConfigError, PluginError) as exc:
-        _fail(f"invalid config:\n{exc}" if isinstance(exc, ConfigError) else str(exc), EXIT_CONFIG)
+    catalog = _catalog(app)
     interrupted = threading.Event()
     previous = signal.signal(signal.SIGINT, lambda *_: interrupted.set())
     bars = _PullBars(enabled=not quiet)
@@ -308,10 +315,7 @@ def import_command(config_path: str, name: str | None, quiet: bool, path: Path) 
         if named.kind is not reference.RefKind.NAME:
             _fail(f"--name: {name!r} is an image ID, not a name", EXIT_CONFIG)
     app = make_application(settings)
-    try:
-        catalog = app.catalog()
-    except (ConfigError, PluginError) as exc:
-        _fail(f"invalid config:\n{exc}" if isinstance(exc, ConfigError) else str(exc), EXIT_CONFIG)
+    catalog = _catalog(app)
     importer = next((h for h in catalog.backends if isinstance(h.backend, Importer)), None)
     if importer is None:
         _fail(
@@ -374,10 +378,7 @@ def images_command(config_path: str, quiet: bool) -> None:
     settings = _load(config_path)
     logs.configure("warning", settings.logging.format)
     app = make_application(settings)
-    try:
-        catalog = app.catalog()
-    except (ConfigError, PluginError) as exc:
-        _fail(f"invalid config:\n{exc}" if isinstance(exc, ConfigError) else str(exc), EXIT_CONFIG)
+    catalog = _catalog(app)
     try:
         catalog.start()
         answers = catalog.list_images()

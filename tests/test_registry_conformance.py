@@ -8,12 +8,18 @@ from typing import Any, ClassVar
 
 import pytest
 from crishim_plugins.registry_cache import RegistryCacheBackend, RegistryCacheOptions
-from registry.helpers import cache_options, plain_endpoint, platform
+from registry.helpers import (
+    cache_options,
+    contract_images,
+    contract_pulls,
+    plain_endpoint,
+    platform,
+)
 from registry.images import PLATFORM, RegistryImages
 from registry.process import RegistryProcess
 
 from crishim import reference
-from crishim.testing.conformance import ContractSetup, CriContract, ExpectedImage
+from crishim.testing.conformance import ContractSetup, CriContract
 from crishim.types import BackendContext, PullRequest
 
 pytest_plugins = ["registry.fixtures"]
@@ -33,42 +39,15 @@ class TestRegistryCache(CriContract):
             BackendContext(name="cache", platform=platform(), config_dir=root),
             RegistryCacheOptions.model_validate(options),
         )
-        docker_by_digest = f"{host}/test/docker@{images.docker.manifest.digest}"
         backend.start()
         try:
-            for ref in (
-                f"{host}/test/small:1",
-                "gcr.io/test/small:also",
-                f"{host}/test/multi:1",
-                docker_by_digest,
-            ):
+            for ref in contract_pulls(host, images):
                 backend.pull_image(PullRequest(ref=reference.parse(ref)))
         finally:
             backend.close()
-        small_digest = images.small.manifest.digest
         return ContractSetup(
             backends=[{"name": "cache", "type": "registry-cache", "options": options}],
-            images=[
-                ExpectedImage(
-                    id=images.small.id,
-                    repo_tags=[f"{host}/test/small:1", "gcr.io/test/small:also"],
-                    repo_digests=[
-                        f"{host}/test/small@{small_digest}",
-                        f"gcr.io/test/small@{small_digest}",
-                    ],
-                    user="1000",
-                    size=images.small.size,
-                ),
-                ExpectedImage(
-                    id=images.multi_arm64.id,
-                    repo_tags=[f"{host}/test/multi:1"],
-                    repo_digests=[f"{host}/test/multi@{images.multi.descriptor.digest}"],
-                    size=images.multi_arm64.size,
-                ),
-                ExpectedImage(
-                    id=images.docker.id, repo_digests=[docker_by_digest], size=images.docker.size
-                ),
-            ],
+            images=contract_images(host, images),
             config={"platform": dict(PLATFORM)},
         )
 

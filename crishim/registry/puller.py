@@ -35,11 +35,11 @@ from opentelemetry import trace
 from opentelemetry.util.types import Attributes
 
 from crishim.errors import DataLoss, ImageNotFound, InvalidRequest, NotSupported
-from crishim.model import Platform
-from crishim.oci.layout import CONFIG_TYPES, INDEX_TYPES, MANIFEST_TYPES, MAX_JSON_BLOB
-from crishim.oci.store import BlobMismatch, check_digest
-from crishim.reference import Reference
-from crishim.types import PullProgress
+from crishim.model import ImageRecord, Platform
+from crishim.oci.spec import CONFIG_TYPES, INDEX_TYPES, MANIFEST_TYPES, MAX_JSON_BLOB, check_digest
+from crishim.oci.store import BlobMismatch
+from crishim.reference import Reference, RefKind
+from crishim.types import PullProgress, PullRequest
 
 from .client import Aborted, ByteSink, Deadline, Fetched, json_object
 
@@ -178,6 +178,48 @@ class BlobSink(Protocol):
 
 
 Progress = Callable[[PullProgress], None]
+
+
+class _Lookup(Protocol):
+    def get_image(self, ref: Reference) -> ImageRecord | None: ...
+
+
+def pull_request(
+    backend: _Lookup,
+    name: str,
+    tracer: trace.Tracer,
+    request: PullRequest,
+    fetch: Callable[[Reference, Deadline], ImageRecord],
+) -> ImageRecord:
+    """What every pulling backend does with a PullImage before fetching.
+
+    An image ID names no registry: it is answered when held, else
+    NOT_FOUND. A pull by digest of an image held answers at once (the
+    digest pins the content). Otherwise ``fetch(ref, deadline)`` runs in
+    the ``registry.pull`` span, with the request's deadline and
+    cancellation.
+    """
+    ref = request.ref
+    if ref.kind is not RefKind.NAME:
+        known = backend.get_image(ref)
+        if known is not None:
+            return known
+        raise ImageNotFound(
+            f"cannot pull {ref.raw}: an image ID names no registry; pull the image by name"
+        )
+    deadline = Deadline(request.deadline, request.cancelled, f"pull {ref}")
+    attributes = {
+        "crishim.backend": name,
+        "crishim.registry": ref.domain,
+        "crishim.image.reference": str(ref),
+    }
+    with tracer.start_as_current_span("registry.pull", attributes=attributes):
+        if ref.digest:
+            known = backend.get_image(ref)
+            if known is not None:
+                return known
+        deadline.check()
+        return fetch(ref, deadline)
 
 
 def check_names(ref: Reference, plan: Plan) -> None:

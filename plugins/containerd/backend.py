@@ -40,7 +40,7 @@ from typing import Any
 import grpc
 
 from crishim import reference
-from crishim.errors import ImageNotFound, Unavailable
+from crishim.errors import Unavailable
 from crishim.index import merge_records
 from crishim.model import FilesystemUsage, ImageRecord
 from crishim.oci.atomic import fault_point
@@ -48,7 +48,14 @@ from crishim.oci.resolve import EntryResult, MissingBlob, Resolver
 from crishim.oci.spec import CONTAINERD_NAME, INDEX_TYPES
 from crishim.reference import Reference, RefKind
 from crishim.registry.client import Deadline, RegistryClient
-from crishim.registry.puller import ImageSource, Plan, Progress, Puller, check_names
+from crishim.registry.puller import (
+    ImageSource,
+    Plan,
+    Progress,
+    Puller,
+    check_names,
+    pull_request,
+)
 from crishim.types import BackendContext, ImportRequest, IndexedBackend, PullRequest
 
 from .api.events import content_pb2 as content_events
@@ -385,28 +392,11 @@ class ContainerdBackend(IndexedBackend):
     # -- pulling ---------------------------------------------------------
 
     def pull_image(self, request: PullRequest) -> ImageRecord:
-        ref = request.ref
-        if ref.kind is not RefKind.NAME:
-            known = self.get_image(ref)
-            if known is not None:
-                return known
-            raise ImageNotFound(
-                f"cannot pull {ref.raw}: an image ID names no registry; pull the image by name"
-            )
-        deadline = Deadline(request.deadline, request.cancelled, f"pull {ref}")
-        attributes = {
-            "crishim.backend": self.name,
-            "crishim.registry": ref.domain,
-            "crishim.image.reference": str(ref),
-        }
-        with self.tracer.start_as_current_span("registry.pull", attributes=attributes):
-            if ref.digest:
-                known = self.get_image(ref)
-                if known is not None:
-                    return known
-            deadline.check()
+        def fetch(ref: Reference, deadline: Deadline) -> ImageRecord:
             session = self.registry.session(ref, request.auth, deadline)
             return self._store(session, ref, request.progress, request.deadline)
+
+        return pull_request(self, self.name, self.tracer, request, fetch)
 
     def import_image(self, request: ImportRequest) -> ImageRecord:
         ref = request.ref

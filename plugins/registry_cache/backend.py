@@ -34,7 +34,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from crishim.errors import BackendError, ImageNotFound, Unavailable
+from crishim.errors import BackendError, Unavailable
 from crishim.model import FilesystemUsage, ImageRecord
 from crishim.oci.atomic import fault_point
 from crishim.oci.layout import (
@@ -47,9 +47,16 @@ from crishim.oci.layout import (
     file_identity,
 )
 from crishim.oci.store import ContentStore, StoreError
-from crishim.reference import Reference, RefKind
+from crishim.reference import Reference
 from crishim.registry.client import Deadline, RegistryClient
-from crishim.registry.puller import ImageSource, Plan, Progress, Puller, check_names
+from crishim.registry.puller import (
+    ImageSource,
+    Plan,
+    Progress,
+    Puller,
+    check_names,
+    pull_request,
+)
 from crishim.types import BackendContext, ImportRequest, IndexedBackend, PullRequest
 
 from .options import RegistryCacheOptions
@@ -213,31 +220,14 @@ class RegistryCacheBackend(IndexedBackend):
     # -- pulling ---------------------------------------------------------
 
     def pull_image(self, request: PullRequest) -> ImageRecord:
-        ref = request.ref
-        if ref.kind is not RefKind.NAME:
-            known = self.get_image(ref)
-            if known is not None:
-                return known
-            raise ImageNotFound(
-                f"cannot pull {ref.raw}: an image ID names no registry; pull the image by name"
-            )
-        deadline = Deadline(request.deadline, request.cancelled, f"pull {ref}")
-        attributes = {
-            "crishim.backend": self.name,
-            "crishim.registry": ref.domain,
-            "crishim.image.reference": str(ref),
-        }
-        with self.tracer.start_as_current_span("registry.pull", attributes=attributes):
-            if ref.digest:
-                known = self.get_image(ref)
-                if known is not None:
-                    return known
-            deadline.check()
+        def fetch(ref: Reference, deadline: Deadline) -> ImageRecord:
             try:
                 return self._pull(ref, request, deadline)
             except (OSError, StoreError) as exc:
                 reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
                 raise BackendError(self.name, f"pull {ref}: store {self.root}: {reason}") from exc
+
+        return pull_request(self, self.name, self.tracer, request, fetch)
 
     def _pull(self, ref: Reference, request: PullRequest, deadline: Deadline) -> ImageRecord:
         session = self.client.session(ref, request.auth, deadline)

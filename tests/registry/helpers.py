@@ -15,9 +15,10 @@ import pytest
 from crishim.cri.runtime.v1 import api_pb2
 from crishim.model import Platform
 from crishim.oci.layout import Layout, measure
+from crishim.testing.conformance import ExpectedImage
 from crishim.testing.server import RunningShim
 
-from .images import PLATFORM
+from .images import PLATFORM, RegistryImages
 from .process import RegistryProcess
 
 # -- configs ---------------------------------------------------------------------
@@ -141,3 +142,41 @@ def fsinfo(shim: RunningShim) -> tuple[int, int]:
 def blob_exists(root: Path, digest: str) -> bool:
     algorithm, _, hexpart = digest.partition(":")
     return os.path.exists(root / "blobs" / algorithm / hexpart)
+
+
+# -- the contract kit's setups -------------------------------------------------------
+
+
+def contract_pulls(host: str, images: RegistryImages) -> list[str]:
+    """What a pulling backend's contract setup pulls (with ``gcr.io`` mirrored to ``host``)."""
+    return [
+        f"{host}/test/small:1",
+        "gcr.io/test/small:also",
+        f"{host}/test/multi:1",
+        f"{host}/test/docker@{images.docker.manifest.digest}",
+    ]
+
+
+def contract_images(host: str, images: RegistryImages) -> list[ExpectedImage]:
+    """What the CRI must then report (platform: :data:`registry.images.PLATFORM`)."""
+    small_digest = images.small.manifest.digest
+    return [
+        ExpectedImage(
+            id=images.small.id,
+            repo_tags=[f"{host}/test/small:1", "gcr.io/test/small:also"],
+            repo_digests=[f"{host}/test/small@{small_digest}", f"gcr.io/test/small@{small_digest}"],
+            user="1000",
+            size=images.small.size,
+        ),
+        ExpectedImage(
+            id=images.multi_arm64.id,
+            repo_tags=[f"{host}/test/multi:1"],
+            repo_digests=[f"{host}/test/multi@{images.multi.descriptor.digest}"],
+            size=images.multi_arm64.size,
+        ),
+        ExpectedImage(
+            id=images.docker.id,
+            repo_digests=[f"{host}/test/docker@{images.docker.manifest.digest}"],
+            size=images.docker.size,
+        ),
+    ]
