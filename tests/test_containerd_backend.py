@@ -451,8 +451,47 @@ def test_sigkill_mid_pull_leaves_no_image_and_the_lease_expires(
         proxy.stop()
 
 
+def test_a_pull_longer_than_half_its_lease_moves_to_a_fresh_one(
+    node: Node, registry: RegistryProcess
+) -> None:
+    proxy = TamperingProxy(registry.port).start()
+    try:
+        # one blob at a time, 2 MiB each at 1 MiB/s: the lease (3 s) is renewed
+        # when the second layer starts, past half its life
+        proxy.rate = 1024 * 1024
+        before = node.lease_ids()
+        seen: set[str] = set()
+        config = node.config(registry_url=proxy.url, lease_ttl=3, max_concurrent_downloads=1)
+        with running_server(config) as shim:
+            ref = node.ref("crishim/big")
+            with concurrent.futures.ThreadPoolExecutor(1) as pool:
+                pulled = pool.submit(pull, shim, ref)
+                collected = False
+                while not pulled.done():
+                    seen |= {i for i in node.lease_ids() - before if i.startswith("crishim-")}
+                    if not collected and len(seen) > 1:
+                        time.sleep(1.2)  # the first lease is past its expiry: collect now
+                        _collect_garbage(node)
+                        collected = True
+                    time.sleep(0.05)
+                assert pulled.result() == node.images["big"].id
+            assert collected, f"the lease was not renewed during the pull (saw {seen})"
+            image = node.images["big"]
+            assert {image.config.digest, *(d.digest for d in image.layers)} <= node.blobs()
+            assert node.snapshot(image.chain_id)
+            assert not (node.lease_ids() - before)
+            shim.remove(ref)
+    finally:
+        proxy.stop()
+
+
 def _collect_garbage(node: Node) -> None:
-    """Make containerd collect now: a synchronous delete of a throwaway image record."""
+    """Make containerd collect now: a synchronous delete of a throwaway image record.
+
+    In a namespace of its own: containerd's CRI plugin would name an image
+    made in ``k8s.io`` again while the delete runs. (The collector is global.)
+    """
+    metadata = (("containerd-namespace", "crishim-gc-trigger"),)
     name = "crishim.invalid/gc-trigger:1"
     target = node.images["pause"].manifest
     node.image_records.Create(
@@ -464,11 +503,11 @@ def _collect_garbage(node: Node) -> None:
                 ),
             )
         ),
-        metadata=CRI_METADATA,
+        metadata=metadata,
         timeout=30,
     )
     node.image_records.Delete(
-        images_pb2.DeleteImageRequest(name=name, sync=True), metadata=CRI_METADATA, timeout=30
+        images_pb2.DeleteImageRequest(name=name, sync=True), metadata=metadata, timeout=30
     )
 
 
@@ -499,5 +538,33 @@ def test_containerd_restarted_under_crishim(
                 lambda: shim.status(ref).HasField("image"),
             )
             assert pull(shim, own.ref("crishim/kit-a")) == node.images["kit-a"].id
+    finally:
+        process.close()
+
+
+def test_crishim_started_before_containerd_serves_once_it_is_up(
+    containerd_bin: Binaries, registry: RegistryProcess, node: Node
+) -> None:
+    process = ContainerdProcess(
+        binaries=containerd_bin,
+        sandbox_image=node.containerd.sandbox_image,
+        plain_http_registries=[registry.host],
+    )
+    process.start()
+    try:
+        own = Node(process, registry, node.images)
+        config = own.config(max_reconnect_delay=0.5)
+        process.stop()
+        with running_server(config) as shim:
+            # the backend starts (and the server serves) with containerd away
+            assert shim.list() == []
+            process.start()
+            own = Node(process, registry, node.images)
+            ref = own.ref("crishim/direct")
+            own.cri.PullImage(
+                api_pb2.PullImageRequest(image=api_pb2.ImageSpec(image=ref)), timeout=60
+            )
+            wait_for("crishim serves containerd's image", lambda: bool(shim.list()))
+            assert [image.id for image in shim.list()] == [node.images["direct"].id]
     finally:
         process.close()

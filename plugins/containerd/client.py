@@ -320,10 +320,14 @@ class ContainerdClient:
 
     def lease_content(self, lease_id: str, digests: Iterable[str]) -> None:
         """Add blobs to a lease, so the garbage collector keeps them while it lives."""
-        for digest in digests:
-            resource = leases_pb2.Resource(id=digest, type="content")
+        self.lease_resources(lease_id, ((digest, "content") for digest in digests))
+
+    def lease_resources(self, lease_id: str, resources: Iterable[tuple[str, str]]) -> None:
+        """Add (id, type) resources to a lease: ``content``, ``snapshots/<snapshotter>``."""
+        for resource_id, kind in resources:
+            resource = leases_pb2.Resource(id=resource_id, type=kind)
             self.call(
-                f"Leases.AddResource {digest}",
+                f"Leases.AddResource {resource_id}",
                 lambda resource=resource: self.leases.AddResource(  # type: ignore[misc]
                     leases_pb2.AddResourceRequest(id=lease_id, resource=resource),
                     metadata=self.metadata(),

@@ -69,9 +69,15 @@ class ContainerdSink:
         self.source_labels = dict(source_labels or {})
         self.deadline = deadline
         self._lock = threading.Lock()
-        self._held: set[str] = set()
+        #: (id, type) of what the pull holds: blobs, and snapshots it unpacked.
+        self._held: set[tuple[str, str]] = set()
+        #: The lease new work goes under.
         self.lease = ""
         self._lease_started = 0.0
+        #: Every lease of this pull still alive, with the writes still under it
+        #: (a write's lease is fixed when it starts; containerd adds the blob to
+        #: it at the commit, so it must outlive the write).
+        self._leases: dict[str, int] = {}
 
     # -- the lease -------------------------------------------------------
 
@@ -80,15 +86,17 @@ class ContainerdSink:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        """End the lease: what no image record references is the GC's now."""
-        if self.lease:
-            try:
-                self.client.delete_lease(self.lease)
-            except Exception:
-                log.warning(
-                    "%s: could not delete lease %s; it expires by itself", self.what, self.lease
-                )
-            self.lease = ""
+        """End the leases: what no image record references is the GC's now."""
+        with self._lock:
+            leases, self._leases, self.lease = list(self._leases), {}, ""
+        for lease in leases:
+            self._end(lease)
+
+    def _end(self, lease: str) -> None:
+        try:
+            self.client.delete_lease(lease)
+        except Exception:
+            log.warning("%s: could not delete lease %s; it expires by itself", self.what, lease)
 
     def _new_lease(self) -> str:
         started = time.time()
@@ -96,17 +104,44 @@ class ContainerdSink:
         labels = {GC_EXPIRE: _rfc3339(started + self.ttl), LEASE_OWNER: self.what[:200]}
         self.client.create_lease(lease_id, labels)
         self._lease_started = started
+        self._leases[lease_id] = 0
         return lease_id
 
     def _renew_if_old(self) -> None:
-        """Past half its life, move what the pull holds to a fresh lease."""
+        """Past half its life, move what the pull holds to a fresh lease.
+
+        The old lease ends once no write is still under it.
+        """
         with self._lock:
             if not self.lease or time.time() - self._lease_started < self.ttl / 2:
                 return
             old, held = self.lease, set(self._held)
             self.lease = self._new_lease()
-            self.client.lease_content(self.lease, held)
-        self.client.delete_lease(old)
+            self.client.lease_resources(self.lease, held)
+            done = self._leases.get(old) == 0
+            if done:
+                del self._leases[old]
+        if done:
+            self._end(old)
+
+    def _begin_write(self) -> str:
+        """The lease a write starts under (counted until :meth:`_end_write`)."""
+        self._renew_if_old()
+        with self._lock:
+            self._leases[self.lease] += 1
+            return self.lease
+
+    def _end_write(self, lease: str) -> None:
+        with self._lock:
+            left = self._leases.get(lease)
+            if left is None:
+                return
+            self._leases[lease] = left - 1
+            done = left == 1 and lease != self.lease
+            if done:
+                del self._leases[lease]
+        if done:
+            self._end(lease)
 
     # -- BlobSink ----------------------------------------------------------
 
@@ -123,12 +158,16 @@ class ContainerdSink:
         return True
 
     def writer(self, digest: str, size: int) -> ContainerdWriter:
-        self._renew_if_old()
         return ContainerdWriter(self, digest, size, self.source_labels)
 
     def _hold(self, digest: str) -> None:
         with self._lock:
-            self._held.add(digest)
+            self._held.add((digest, "content"))
+
+    def hold_snapshot(self, snapshotter: str, name: str) -> None:
+        """A snapshot the pull made (unpacking): kept with its blobs when the lease renews."""
+        with self._lock:
+            self._held.add((name, f"snapshots/{snapshotter}"))
 
     def _timeout(self) -> float | None:
         return None if self.deadline is None else max(0.001, self.deadline - time.monotonic())
@@ -186,10 +225,16 @@ class ContainerdWriter:
         self._sent = 0
         self._done = False
         self.ref = f"crishim-{digest}"
+        self.lease = ""
         self._stream: WriteStream | None = None
 
     def __enter__(self) -> ContainerdWriter:
-        self._open()
+        self.lease = self.sink._begin_write()
+        try:
+            self._open()
+        except BaseException:
+            self.sink._end_write(self.lease)
+            raise
         return self
 
     def __exit__(
@@ -203,13 +248,14 @@ class ContainerdWriter:
             self._stream = None
         if not self._done:
             self.sink.client.abort(self.ref)
+        self.sink._end_write(self.lease)
 
     # -- the stream ----------------------------------------------------
 
     def _open(self) -> None:
         client = self.sink.client
         for attempt in range(2):
-            stream = client.write_stream(self.sink.lease, self.sink._timeout())
+            stream = client.write_stream(self.lease, self.sink._timeout())
             try:
                 stream.send(
                     content_pb2.WriteContentRequest(

@@ -160,7 +160,12 @@ class Unpacker:
         parent = ""
         for i, layer in enumerate(self.plan.layers):
             chain = chain_id(diff_ids[: i + 1])
-            if not self.client.snapshot_exists(self.snapshotter, chain):
+            if self.client.snapshot_exists(self.snapshotter, chain):
+                # another image's: the pull's lease keeps it until the config references it
+                kind = f"snapshots/{self.snapshotter}"
+                self.client.lease_resources(self.sink.lease, [(chain, kind)])
+                self.sink.hold_snapshot(self.snapshotter, chain)
+            else:
                 if not self._wait_for(layer.digest):
                     return
                 self._apply(layer.digest, layer.size, layer.media_type, diff_ids[i], parent, chain)
@@ -175,13 +180,14 @@ class Unpacker:
     def _apply(
         self, digest: str, size: int, media_type: str, diff_id: str, parent: str, chain: str
     ) -> None:
-        lease = self.sink.lease
+        # the lease stays until the snapshot is committed under it
+        lease = self.sink._begin_write()
         key = f"extract-{secrets.token_hex(6)} {chain}"
-        mounts = self.client.prepare_snapshot(
-            self.snapshotter, key, parent, {SNAPSHOT_REF: chain}, lease
-        )
         committed = False
         try:
+            mounts = self.client.prepare_snapshot(
+                self.snapshotter, key, parent, {SNAPSHOT_REF: chain}, lease
+            )
             layer = descriptor_pb2.Descriptor(media_type=media_type, digest=digest, size=size)
             remaining = self.deadline.remaining()
             timeout = (
@@ -196,7 +202,9 @@ class Unpacker:
             committed = self.client.commit_snapshot(
                 self.snapshotter, chain, key, {SNAPSHOT_REF: chain}, lease
             )
+            self.sink.hold_snapshot(self.snapshotter, chain)
         finally:
             if not committed:
                 # failed, or another unpacker committed this chain first
                 self.client.remove_snapshot(self.snapshotter, key)
+            self.sink._end_write(lease)
