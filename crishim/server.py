@@ -99,10 +99,16 @@ class Server:
 
     def start(self) -> None:
         prepare_socket_path(self.socket_path)
+        # bind(2) creates the socket file with the process's umask: make that
+        # give socket_mode, so the socket is never, even briefly, more open
+        # (the umask is process-wide; meanwhile it only makes new files stricter)
+        previous = os.umask(0o777 & ~self.socket_mode)
         try:
             self._grpc.add_insecure_port(f"unix:{self.socket_path}")
         except RuntimeError as exc:
             raise SocketError(f"cannot listen on {self.socket_path}: {exc}") from exc
+        finally:
+            os.umask(previous)
         self._grpc.start()
         os.chmod(self.socket_path, self.socket_mode)
         self._socket_inode = self.socket_path.stat().st_ino

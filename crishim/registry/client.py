@@ -160,8 +160,41 @@ class Credentials:
         return "Basic " + base64.b64encode(raw).decode("ascii")
 
 
+#: What a token sent as ``Bearer <token>`` (or in a token request) may hold:
+#: visible ASCII, no spaces. Anything else would be refused by the HTTP layer
+#: with the header, token included, in its error.
+_TOKEN_RE = re.compile(r"^[\x21-\x7e]+$")
+#: A username: no control characters, no ``:`` (it separates the password).
+_USERNAME_RE = re.compile(r"^[^\x00-\x1f\x7f:]*$")
+
+
+def usable_token(value: str, what: str) -> str:
+    """``value`` without surrounding white space (a token read from a file ends in a
+    newline), checked to be sendable; Unauthenticated, naming ``what`` and never the
+    value, when it is not."""
+    token = value.strip()
+    if token and not _TOKEN_RE.match(token):
+        raise Unauthenticated(
+            f"{what} is not usable: a token is visible ASCII characters without spaces"
+        )
+    return token
+
+
+def _usable_username(value: str, what: str) -> str:
+    name = value.strip()
+    if not _USERNAME_RE.match(name):
+        raise Unauthenticated(f"{what} is not usable: it holds ':' or control characters")
+    return name
+
+
 def credentials_from_request(auth: PullAuth) -> Credentials | None:
-    """The PullImageRequest's auth, or None when it holds nothing usable."""
+    """The PullImageRequest's auth, or None when it holds nothing usable.
+
+    Validated here, before any library sees them: tokens are stripped of
+    surrounding white space and must be visible ASCII; a username may not
+    hold ``:`` or control characters (a password may hold anything: it
+    travels base64-encoded).
+    """
     username, password = auth.username, auth.password
     if auth.auth and not (username or password):
         try:
@@ -175,13 +208,16 @@ def credentials_from_request(auth: PullAuth) -> Credentials | None:
             raise Unauthenticated(
                 "the auth field of the pull request is not base64 of user:password"
             )
-    if not (username or password or auth.identity_token or auth.registry_token):
+    identity_token = usable_token(auth.identity_token, "the pull request's identity_token")
+    registry_token = usable_token(auth.registry_token, "the pull request's registry_token")
+    username = _usable_username(username, "the pull request's username")
+    if not (username or password or identity_token or registry_token):
         return None
     return Credentials(
         username=username,
         password=password,
-        identity_token=auth.identity_token,
-        registry_token=auth.registry_token,
+        identity_token=identity_token,
+        registry_token=registry_token,
         origin="the pull request",
     )
 
@@ -286,7 +322,7 @@ class RegistryClient:
         return Credentials(
             username=c.username,
             password=password or "",
-            identity_token=token or "",
+            identity_token=usable_token(token or "", f"the identity token configured for {host}"),
             origin="the config",
         )
 
@@ -325,7 +361,7 @@ def _registry_message(response: httpx.Response) -> str:
     """The ``errors`` of a distribution error body, if the body was read."""
     try:
         body = json.loads(response.content[:4096])
-    except (ValueError, httpx.ResponseNotRead):
+    except (ValueError, RecursionError, httpx.ResponseNotRead):
         return ""
     errors = body.get("errors") if isinstance(body, dict) else None
     if not isinstance(errors, list):
@@ -344,7 +380,7 @@ def _media_type(header: str | None, data: bytes) -> str:
         return media_type
     try:
         parsed = json.loads(data)
-    except ValueError:
+    except (ValueError, RecursionError):
         return media_type
     inner = parsed.get("mediaType") if isinstance(parsed, dict) else None
     if isinstance(inner, str) and inner:
@@ -403,6 +439,20 @@ class Session:
         self.endpoint = endpoints[0]
         self._auth: dict[str, str] = {}
         self._lock = threading.Lock()
+        #: Every secret this session may send: scrubbed from whatever it says.
+        self._secrets: set[str] = set()
+        if credentials is not None:
+            basic = credentials.basic
+            self._secrets.update(
+                v
+                for v in (
+                    credentials.password,
+                    credentials.identity_token,
+                    credentials.registry_token,
+                    basic.removeprefix("Basic ") if basic else "",
+                )
+                if len(v) >= 4
+            )
         if credentials is not None and credentials.registry_token:
             for endpoint in endpoints:
                 self._auth[endpoint.base] = f"Bearer {credentials.registry_token}"
@@ -411,6 +461,15 @@ class Session:
 
     def _where(self, endpoint: Endpoint) -> str:
         return f"{self.deadline.what}: {self.host} at {endpoint.base}"
+
+    def safe(self, text: str) -> str:
+        """``text`` (from a library or a registry) fit for a message: no query
+        strings, none of this session's secrets, shortened."""
+        with self._lock:
+            secrets = sorted(self._secrets, key=len, reverse=True)
+        for secret in secrets:
+            text = text.replace(secret, "<redacted>")
+        return redact(text)
 
     def _timeout(self) -> httpx.Timeout:
         read = self.deadline.bound(self.read_timeout)
@@ -429,7 +488,12 @@ class Session:
             ) from None
         except httpx.HTTPError as exc:
             self.deadline.check()
-            reason = redact(str(exc)) or type(exc).__name__
+            if isinstance(exc, httpx.LocalProtocolError):
+                # what we were about to send, headers included: never repeat it
+                raise Unavailable(
+                    f"{self._where(endpoint)}: the request could not be sent ({type(exc).__name__})"
+                ) from None
+            reason = self.safe(str(exc)) or type(exc).__name__
             if "[SSL" in reason or "CERTIFICATE" in reason.upper():
                 raise Unavailable(f"{self._where(endpoint)}: TLS failed: {reason}") from None
             if isinstance(exc, httpx.ConnectError):
@@ -527,13 +591,20 @@ class Session:
             )
         try:
             body = response.json()
-        except ValueError:
+        except (ValueError, RecursionError):
             body = None
         token = None
         if isinstance(body, dict):
             token = body.get("token") or body.get("access_token")
         if not isinstance(token, str) or not token:
             raise Unavailable(f"{self._where(endpoint)}: token service {realm_name} gave no token")
+        with self._lock:
+            self._secrets.add(token)
+        if not _TOKEN_RE.match(token):
+            raise Unavailable(
+                f"{self._where(endpoint)}: token service {realm_name} gave a token that "
+                "cannot be sent (not visible ASCII)"
+            )
         return token
 
     def _check(self, response: httpx.Response, endpoint: Endpoint, what: str) -> None:
@@ -542,7 +613,7 @@ class Session:
             return
         with contextlib.suppress(httpx.HTTPError):
             response.read()
-        detail = _registry_message(response)
+        detail = self.safe(_registry_message(response))
         tail = f" ({detail})" if detail else ""
         where = self._where(endpoint)
         if status == 404:
@@ -689,6 +760,8 @@ def json_object(data: bytes, what: str) -> dict[str, Any]:
         parsed = json.loads(data)
     except ValueError as exc:
         raise DataLoss(f"{what} is not valid JSON: {redact(str(exc))}") from None
+    except RecursionError:
+        raise DataLoss(f"{what} is nested too deep to be a manifest") from None
     if not isinstance(parsed, dict):
         raise DataLoss(f"{what} is not a JSON object")
     return parsed

@@ -12,6 +12,7 @@ same gRPC path kubelet uses::
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
@@ -61,9 +62,22 @@ class RunningShim:
         return cast(api_pb2.ImageFsInfoResponse, response)
 
 
+#: Room a socket file name inside a short temp dir needs (``/crishim.sock``
+#: and mkdtemp's random part), under the 107 bytes a unix socket path holds.
+_SOCKET_ROOM = 40
+_MAX_SOCKET_PATH = 107
+
+
 def short_tempdir(prefix: str = "crishim-") -> Path:
-    """A directory with a path short enough for a unix socket inside it."""
-    return Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    """A new directory whose path is short enough for unix sockets inside it.
+
+    It is made under ``TMPDIR`` (Python's temp dir) when that leaves room for
+    a socket path, else under ``/tmp``. The caller removes it.
+    """
+    base = tempfile.gettempdir()
+    if len(os.fsencode(base)) + len(prefix) + _SOCKET_ROOM > _MAX_SOCKET_PATH:
+        base = "/tmp"
+    return Path(tempfile.mkdtemp(prefix=prefix, dir=base))
 
 
 @contextlib.contextmanager
@@ -86,6 +100,22 @@ def running_server(
     (spans and metrics still held are exported).
     """
     sockdir = short_tempdir()
+    try:
+        with _serving(sockdir, config, base_dir, extra_plugins, grace, overrides) as shim:
+            yield shim
+    finally:
+        shutil.rmtree(sockdir, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _serving(
+    sockdir: Path,
+    config: Mapping[str, Any],
+    base_dir: Path | None,
+    extra_plugins: Sequence[tuple[str, object]],
+    grace: float,
+    overrides: Mapping[str, object] | None,
+) -> Iterator[RunningShim]:
     data = dict(config)
     data["server"] = {**dict(config.get("server", {})), "listen": f"unix://{sockdir}/crishim.sock"}
     data.setdefault("state_dir", str(sockdir / "state"))
@@ -109,10 +139,11 @@ def running_server(
 
         getattr(app, name).override(providers.Object(value))
     catalog = app.catalog()
-    catalog.start()
-    server = app.server()
+    server: Server | None = None
     channel: grpc.Channel | None = None
     try:
+        catalog.start()
+        server = app.server()
         server.start()
         channel = grpc.insecure_channel(f"unix:{settings.socket_path}")
         grpc.channel_ready_future(channel).result(timeout=10)
@@ -128,7 +159,7 @@ def running_server(
     finally:
         if channel is not None:
             channel.close()
-        server.stop(grace)
+        if server is not None:
+            server.stop(grace)
         catalog.close()
         app.shutdown_resources()
-        shutil.rmtree(sockdir, ignore_errors=True)
