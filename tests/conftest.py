@@ -23,6 +23,10 @@ import pytest
 from hypothesis import settings
 from hypothesis.configuration import set_hypothesis_home_dir
 
+from crishim.cri.runtime.v1 import api_pb2
+from crishim.testing.ocibuild import BuiltImage, BuiltIndex, LayoutBuilder
+from crishim.testing.server import RunningShim, running_server, short_tempdir
+
 # Tests write only under their own temporary directories: no example database,
 # and Hypothesis's own files in a temporary directory, not the working one.
 settings.register_profile("crishim", database=None)
@@ -30,10 +34,6 @@ settings.load_profile("crishim")
 _HYPOTHESIS_HOME = tempfile.mkdtemp(prefix="crishim-hypothesis-")
 set_hypothesis_home_dir(_HYPOTHESIS_HOME)
 atexit.register(shutil.rmtree, _HYPOTHESIS_HOME, True)
-
-from crishim.cri.runtime.v1 import api_pb2
-from crishim.testing.ocibuild import BuiltImage, BuiltIndex, LayoutBuilder
-from crishim.testing.server import RunningShim, running_server, short_tempdir
 
 #: The platform every test server resolves image indexes to (independent of the host).
 PLATFORM: dict[str, str] = {"os": "linux", "architecture": "arm64", "variant": "v8"}
