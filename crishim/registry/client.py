@@ -340,7 +340,17 @@ class RegistryClient:
             deadline=deadline,
             connect_timeout=self.options.connect_timeout,
             read_timeout=self.options.read_timeout,
+            watchdog=Watchdog(
+                self.options.pull_progress_timeout,
+                self.options.min_pull_rate,
+                self.options.min_pull_rate_window,
+            ),
         )
+
+    def verifies_held_images(self, host: str) -> bool:
+        """Whether a pull by digest of an image held still asks this registry."""
+        configured = self.options.registries.get(normalize_host(host))
+        return configured is None or configured.verify_held_images
 
 
 # -- responses ------------------------------------------------------------------
@@ -403,6 +413,32 @@ _PRECEDENCE: tuple[type[CrishimError], ...] = (
 )
 
 
+def _most_telling(failures: list[CrishimError]) -> CrishimError:
+    """One error for failures on every endpoint: the most telling, naming the others."""
+    if len(failures) == 1:
+        return failures[0]
+    for kind in _PRECEDENCE:
+        chosen = next((f for f in failures if isinstance(f, kind)), None)
+        if chosen is not None:
+            others = "; ".join(str(f) for f in failures if f is not chosen)
+            return type(chosen)(f"{chosen} [other endpoints: {others}]")
+    return failures[-1]
+
+
+@dataclass(frozen=True)
+class Watchdog:
+    """When a blob download counts as stuck: no byte for ``stall`` seconds, or less
+    than ``min_rate`` bytes/s over ``window`` seconds (``min_rate`` 0: no rate check)."""
+
+    stall: float = 60.0
+    min_rate: int = 0
+    window: float = 30.0
+
+
+class Stalled(Exception):
+    """A blob download made too little progress (internal: it is retried)."""
+
+
 class ByteSink(Protocol):
     """Where a downloaded blob's bytes go (a store's verifying writer)."""
 
@@ -427,6 +463,7 @@ class Session:
         deadline: Deadline,
         connect_timeout: float,
         read_timeout: float,
+        watchdog: Watchdog | None = None,
     ) -> None:
         self.host = host
         self.repository = repository
@@ -435,6 +472,7 @@ class Session:
         self.deadline = deadline
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
+        self.watchdog = watchdog or Watchdog()
         #: The endpoint that resolved the reference (the first one until then).
         self.endpoint = endpoints[0]
         self._auth: dict[str, str] = {}
@@ -471,8 +509,8 @@ class Session:
             text = text.replace(secret, "<redacted>")
         return redact(text)
 
-    def _timeout(self) -> httpx.Timeout:
-        read = self.deadline.bound(self.read_timeout)
+    def _timeout(self, read_timeout: float | None = None) -> httpx.Timeout:
+        read = self.deadline.bound(read_timeout or self.read_timeout)
         connect = self.deadline.bound(self.connect_timeout)
         return httpx.Timeout(read, connect=connect, pool=connect)
 
@@ -500,8 +538,15 @@ class Session:
                 raise Unavailable(f"{self._where(endpoint)}: cannot connect: {reason}") from None
             raise Unavailable(f"{self._where(endpoint)}: {type(exc).__name__}: {reason}") from None
 
-    def _send(self, endpoint: Endpoint, url: str, headers: dict[str, str]) -> httpx.Response:
-        """GET ``url`` (streamed), answering one auth challenge; the caller closes it."""
+    def _send(
+        self,
+        endpoint: Endpoint,
+        url: str,
+        headers: dict[str, str],
+        method: str = "GET",
+        read_timeout: float | None = None,
+    ) -> httpx.Response:
+        """Send (streamed), answering one auth challenge; the caller closes the response."""
         challenged = False
         while True:
             self.deadline.check()
@@ -512,7 +557,7 @@ class Session:
                 request_headers["Authorization"] = authorization
             with self._network(endpoint):
                 request = endpoint.client.build_request(
-                    "GET", url, headers=request_headers, timeout=self._timeout()
+                    method, url, headers=request_headers, timeout=self._timeout(read_timeout)
                 )
                 response = endpoint.client.send(request, stream=True)
             if response.status_code != 401:
@@ -642,14 +687,7 @@ class Session:
                 continue
             self.endpoint = endpoint
             return fetched
-        if len(failures) == 1:
-            raise failures[0]
-        for kind in _PRECEDENCE:
-            chosen = next((f for f in failures if isinstance(f, kind)), None)
-            if chosen is not None:
-                others = "; ".join(str(f) for f in failures if f is not chosen)
-                raise type(chosen)(f"{chosen} [other endpoints: {others}]")
-        raise failures[-1]
+        raise _most_telling(failures)
 
     def fetch_manifest(self, endpoint: Endpoint, reference: str, expected: str | None) -> Fetched:
         """GET one manifest, bounded in size, checked against its digest."""
@@ -699,6 +737,31 @@ class Session:
         """A manifest the resolved one refers to, by digest, from :attr:`endpoint`."""
         return self.fetch_manifest(self.endpoint, digest, digest)
 
+    def check_access(self, digest: str) -> None:
+        """Prove this session may pull the manifest ``digest`` (a HEAD, endpoints in order).
+
+        Raises what a fresh pull would: ImageNotFound, Unauthenticated,
+        PermissionDenied, Unavailable.
+        """
+        failures: list[CrishimError] = []
+        for endpoint in self.endpoints:
+            url = endpoint.url(self.repository, "manifests", digest)
+            try:
+                response = self._send(endpoint, url, {"Accept": MANIFEST_ACCEPT}, method="HEAD")
+                try:
+                    self._check(response, endpoint, f"manifest {digest}")
+                finally:
+                    response.close()
+            except (DeadlineExceeded, Cancelled):
+                raise
+            except CrishimError as exc:
+                log.info("%s", exc)
+                failures.append(exc)
+                continue
+            self.endpoint = endpoint
+            return
+        raise _most_telling(failures)
+
     @property
     def origin(self) -> str:
         """Where content comes from, for spans and messages: the endpoint's base URL."""
@@ -712,8 +775,51 @@ class Session:
     def blob(
         self, digest: str, writer: ByteSink, on_bytes: Callable[[int], None] | None = None
     ) -> None:
-        """Stream a blob from :attr:`endpoint` into ``writer``."""
-        self.download(self.endpoint, digest, writer, on_bytes)
+        """Stream a blob into ``writer``, resuming and failing over when it breaks.
+
+        Starts on :attr:`endpoint`. A download that breaks after some bytes
+        (a reset, a stall the :class:`Watchdog` sees) continues with an HTTP
+        Range request: a reset on the same endpoint, a stall on the next one
+        (the same when there is no other); the writer goes on hashing and
+        counting, so the whole blob is verified. After two retries the pull
+        fails UNAVAILABLE naming the blob, the endpoints and the rate seen.
+        """
+        done = [0]
+        order = [self.endpoint, *(e for e in self.endpoints if e is not self.endpoint)]
+        endpoint = order[0]
+        failures: list[str] = []
+        for attempt in range(3):
+            try:
+                self.download(endpoint, digest, writer, on_bytes, done=done)
+                return
+            except Stalled as exc:
+                failures.append(f"{endpoint.base}: {exc}")
+                nxt = order[(order.index(endpoint) + 1) % len(order)]
+            except (Unavailable, ImageNotFound) as exc:
+                if done[0] == 0 and len(order) == 1:
+                    raise  # nothing received and nowhere else to go
+                if isinstance(exc, ImageNotFound) and len(order) == 1:
+                    raise
+                failures.append(str(exc))
+                following = order[(order.index(endpoint) + 1) % len(order)]
+                # a reset after some bytes: once more where it broke, then elsewhere;
+                # an endpoint without the blob: the next one
+                resumable = done[0] and attempt == 0 and isinstance(exc, Unavailable)
+                nxt = endpoint if resumable else following
+            log.info(
+                "%s: blob %s broke after %d bytes at %s (%s); resuming at %s",
+                self.deadline.what,
+                digest,
+                done[0],
+                endpoint.base,
+                failures[-1],
+                nxt.base,
+            )
+            endpoint = nxt
+        raise Unavailable(
+            f"{self.deadline.what}: {self.host}: blob {digest} could not be downloaded "
+            f"({done[0]} bytes received): " + "; ".join(failures)
+        )
 
     def download(
         self,
@@ -721,22 +827,71 @@ class Session:
         digest: str,
         writer: ByteSink,
         on_bytes: Callable[[int], None] | None = None,
+        *,
+        done: list[int] | None = None,
     ) -> None:
-        """Stream a blob into ``writer`` (which hashes and bounds it)."""
+        """Stream a blob from ``endpoint`` into ``writer`` (which hashes and bounds it).
+
+        ``done[0]`` counts the bytes ``writer`` has had; when it is not 0 the
+        download resumes from there (Range), skipping what a server that
+        ignores the range sends again.
+        """
+        done = done if done is not None else [0]
+        offset = done[0]
         url = endpoint.url(self.repository, "blobs", digest)
-        response = self._send(endpoint, url, {})
+        headers = {"Range": f"bytes={offset}-"} if offset else {}
+        watchdog = self.watchdog
+        response = self._send(endpoint, url, headers, read_timeout=watchdog.stall)
         try:
-            self._check(response, endpoint, f"blob {digest}")
+            skip = 0
+            if offset and response.status_code == 206:
+                started = response.headers.get("content-range", "").partition(" ")[2]
+                if not started.startswith(f"{offset}-"):
+                    raise Unavailable(
+                        f"{self._where(endpoint)}: blob {digest}: the registry answered the "
+                        f"range from {offset} with {redact(started) or 'no range'}"
+                    )
+            else:
+                self._check(response, endpoint, f"blob {digest}")
+                skip = offset  # the whole blob again: what was written is skipped
             first = True
+            window_start = time.monotonic()
+            window_bytes = 0
             with self._network(endpoint):
-                for chunk in response.iter_raw():
+                stream = response.iter_raw()
+                while True:
+                    try:
+                        chunk = next(stream)
+                    except StopIteration:
+                        break
+                    except httpx.ReadTimeout:
+                        self.deadline.check()
+                        raise Stalled(f"no bytes for {watchdog.stall:g}s") from None
                     self.deadline.check()
+                    if skip:
+                        dropped = min(skip, len(chunk))
+                        skip -= dropped
+                        chunk = chunk[dropped:]
+                        if not chunk:
+                            continue
                     writer.write(chunk)
+                    done[0] += len(chunk)
                     if on_bytes is not None:
                         on_bytes(len(chunk))
                     if first:
                         first = False
                         fault_point("registry:mid-blob")
+                    if watchdog.min_rate:
+                        window_bytes += len(chunk)
+                        elapsed = time.monotonic() - window_start
+                        if elapsed >= watchdog.window:
+                            rate = window_bytes / elapsed
+                            if rate < watchdog.min_rate:
+                                raise Stalled(
+                                    f"{rate:.0f} bytes/s over {elapsed:.0f}s, under the "
+                                    f"{watchdog.min_rate} bytes/s min_pull_rate"
+                                )
+                            window_start, window_bytes = time.monotonic(), 0
         finally:
             response.close()
 

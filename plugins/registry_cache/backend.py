@@ -247,7 +247,7 @@ class RegistryCacheBackend(IndexedBackend):
                 reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
                 raise BackendError(self.name, f"pull {ref}: store {self.root}: {reason}") from exc
 
-        return pull_request(self, self.name, self.tracer, request, fetch)
+        return pull_request(self, self.name, self.tracer, request, fetch, self.client)
 
     def _pull(self, ref: Reference, request: PullRequest, deadline: Deadline) -> ImageRecord:
         session = self.client.session(ref, request.auth, deadline)
