@@ -368,6 +368,10 @@ class Catalog:
                     )
         return list(by_mount.values())
 
+    def pulling_backend(self) -> str:
+        """The name of the backend PullImage goes to ("" when none pulls)."""
+        return next((h.name for h in self.backends if isinstance(h.backend, Puller)), "")
+
     def pull_image(self, request: PullRequest) -> Answer:
         """Pull through the first backend that can; answer as ImageStatus would.
 

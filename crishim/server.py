@@ -25,6 +25,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from crishim.service import ImageService, add_image_service
+from crishim.status import StatusEndpoint
 
 log = logging.getLogger(__name__)
 
@@ -77,9 +78,12 @@ class Server:
         max_send_message_size: int = 16 * 1024 * 1024,
         socket_mode: int = 0o660,
         interceptors: Sequence[grpc.ServerInterceptor] = (),
+        status: StatusEndpoint | None = None,
     ) -> None:
         self.socket_path = socket_path
         self.socket_mode = socket_mode
+        #: The status endpoint, started and stopped with the CRI socket.
+        self.status = status
         self.health = health.HealthServicer()
         self._stopped = threading.Event()
         self._socket_inode: int | None = None
@@ -112,6 +116,12 @@ class Server:
         self._grpc.start()
         os.chmod(self.socket_path, self.socket_mode)
         self._socket_inode = self.socket_path.stat().st_ino
+        if self.status is not None:
+            try:
+                self.status.start()
+            except OSError as exc:
+                log.warning("no status endpoint at %s: %s", self.status.path, exc.strerror)
+                self.status = None
         for name in ("", SERVICE_NAME):
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         log.info("serving %s on unix://%s", SERVICE_NAME, self.socket_path)
@@ -124,6 +134,8 @@ class Server:
         self.health.enter_graceful_shutdown()
         log.info("stopping: in-flight calls have %.1fs to finish", grace)
         self._grpc.stop(grace).wait()
+        if self.status is not None:
+            self.status.stop()
         self._remove_socket()
         log.info("stopped")
 

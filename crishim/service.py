@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import replace
 from typing import Any, TypeVar
 
 import grpc
@@ -26,6 +27,7 @@ from crishim.catalog import Catalog
 from crishim.cri.runtime.v1 import api_pb2, api_pb2_grpc
 from crishim.model import Answer
 from crishim.oci.layout import chain_id
+from crishim.pulls import PullBoard, PullState
 from crishim.reference import Reference
 from crishim.types import PullAuth, PullRequest
 
@@ -54,6 +56,8 @@ _STATUS: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
 
 #: How often a pull's server thread looks whether its client is still there.
 PULL_WATCH_SECONDS = 0.2
+#: Pulls waiting for a slot before one more is refused (server.max_queued_pulls).
+DEFAULT_MAX_QUEUED_PULLS = 64
 
 #: StreamImages batches stay under this many bytes unless configured otherwise.
 DEFAULT_STREAM_BATCH_BYTES = 1024 * 1024
@@ -232,6 +236,17 @@ def verbose_info(answer: Answer) -> dict[str, str]:
 _NO_DEADLINE = 365 * 24 * 3600.0
 
 
+def _gone(context: grpc.ServicerContext, deadline: float | None) -> Callable[[], bool]:
+    """True once the caller went away or its deadline passed."""
+
+    def gone() -> bool:
+        if deadline is not None and time.monotonic() >= deadline:
+            return True
+        return not context.is_active()
+
+    return gone
+
+
 def _deadline(remaining: float | None) -> float | None:
     """The ``time.monotonic()`` value a call must end by, or None for none."""
     if remaining is None or remaining > _NO_DEADLINE:
@@ -249,12 +264,14 @@ class ImageService(api_pb2_grpc.ImageServiceServicer):
         max_send_message_size: int,
         stream_batch_bytes: int = DEFAULT_STREAM_BATCH_BYTES,
         max_concurrent_pulls: int = 4,
+        board: PullBoard | None = None,
     ) -> None:
         self.catalog = catalog
         self.max_send_message_size = max_send_message_size
         self.stream_batch_bytes = min(stream_batch_bytes, max_send_message_size // 2)
         self.max_concurrent_pulls = max_concurrent_pulls
-        self._pull_slots = threading.BoundedSemaphore(max_concurrent_pulls)
+        #: Admission and progress of pulls (crishim.pulls).
+        self.board = board or PullBoard(max_concurrent_pulls, DEFAULT_MAX_QUEUED_PULLS)
         self._unencodable: set[tuple[str, str]] = set()
 
     @_rpc
@@ -358,25 +375,33 @@ class ImageService(api_pb2_grpc.ImageServiceServicer):
             cancelled=lambda: not context.is_active(),
             annotations=dict(request.image.annotations),
         )
-        if not self._pull_slots.acquire(blocking=False):
-            raise errors.TooLarge(
-                f"cannot pull {ref}: {self.max_concurrent_pulls} pulls are already running "
-                "(server.max_concurrent_pulls); retry later"
-            )
-        answer = self._pull(pull, context)
+        state = self.board.enter(ref, self.catalog.pulling_backend())
+        outcome = "error"
+        try:
+            gone = _gone(context, pull.deadline)
+            if not self.board.wait(state, gone):
+                if pull.deadline is not None and time.monotonic() >= pull.deadline:
+                    raise errors.DeadlineExceeded(f"pull {ref}: the deadline ran out in the queue")
+                raise errors.Cancelled(f"pull {ref}: the client went away while it was queued")
+            pull = replace(pull, progress=state.update)
+            answer = self._pull(pull, context, state)
+            outcome = "ok"
+        except errors.CrishimError as exc:
+            outcome = status_for(exc).name
+            raise
+        finally:
+            self.board.finish(state, outcome)
         tracing.note_answer(ref, answer)
         return api_pb2.PullImageResponse(image_ref=answer.record.id)
 
-    def _pull(self, pull: PullRequest, context: grpc.ServicerContext) -> Answer:
-        """Run the pull on a thread of its own, holding one slot, until it ends or
-        its client goes away: then the slot is free again at once, whatever the
+    def _pull(self, pull: PullRequest, context: grpc.ServicerContext, state: PullState) -> Answer:
+        """Run the pull on a thread of its own, holding the pull's slot, until it ends
+        or its client goes away: then the slot is free again at once, whatever the
         backend does (it is told through ``pull.cancelled`` and may finish later)."""
         done: Future[Answer] = Future()
-        released = threading.Lock()
 
         def release() -> None:
-            if released.acquire(blocking=False):
-                self._pull_slots.release()
+            self.board.leave(state)
 
         def run() -> None:
             try:
@@ -398,6 +423,7 @@ class ImageService(api_pb2_grpc.ImageServiceServicer):
             try:
                 return done.result(timeout=PULL_WATCH_SECONDS)
             except FutureTimeout:
+                self.board.check_slow(state)
                 if context.is_active():
                     continue
             release()

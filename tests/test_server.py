@@ -232,7 +232,8 @@ class _BlockingPuller:
 
 def test_pulls_have_their_own_threads_and_a_limit() -> None:
     config = {
-        "server": {"workers": 1, "max_concurrent_pulls": 1},
+        # no queue: the one pull running is the limit
+        "server": {"workers": 1, "max_concurrent_pulls": 1, "max_queued_pulls": 0},
         "backends": [{"name": "puller", "type": "blocking-puller"}, *BACKENDS],
     }
     plugin = _BlockingPuller.hookimpl_module()

@@ -347,6 +347,10 @@ class Puller:
         """Make every blob of ``plan`` present in ``sink``, several downloads at once."""
         blobs = plan.blobs()
         deadline = source.deadline
+        if progress is not None:
+            # every blob of the plan, before any starts: displays know the whole
+            for descriptor, kind in blobs:
+                progress(PullProgress(descriptor.digest, kind, descriptor.size, 0, "pending"))
         parent = otel_context.get_current()
         workers = min(self.max_concurrent_downloads, len(blobs))
 
