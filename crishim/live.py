@@ -69,8 +69,8 @@ class LiveCatalog:
         return self._current.catalog
 
     @property
-    def generation(self) -> int:
-        return self._current.number
+    def current_generation(self) -> Generation:
+        return self._current
 
     # -- reload ----------------------------------------------------------
 
