@@ -18,6 +18,7 @@ from crishim.config import (
     SECRET_WORDS,
     ConfigError,
     Settings,
+    command_line_socket,
     default_config_path,
     load_settings,
 )
@@ -174,6 +175,47 @@ def default_config_text() -> str:
     from importlib.resources import files
 
     return files("crishim").joinpath("default-config.yaml").read_text(encoding="utf-8")
+
+
+@main.command("health")
+@_config_option
+@click.option(
+    "--listen", default=None, metavar="unix:///PATH", help="Socket to ask (default: the config's)."
+)
+@click.option(
+    "--timeout", type=click.FloatRange(min=0, min_open=True), default=5.0, show_default=True
+)
+def health_command(config_path: str, listen: str | None, timeout: float) -> None:
+    """Ask the server's gRPC health service; exit 0 when it is SERVING.
+
+    A probe for systemd, monitoring or a human: prints SERVING (the backends
+    have started and the socket answers), NOT_SERVING (it is stopping) or
+    why it could not ask; exit status 1 unless SERVING.
+    """
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from crishim.server import SERVICE_NAME
+
+    if listen is None:
+        path = _load(config_path).socket_path
+    else:
+        try:
+            path = command_line_socket(listen)
+        except ValueError as exc:
+            _fail(f"--listen: {exc}", EXIT_CONFIG)
+    address = f"unix://{path}"
+    with grpc.insecure_channel(f"unix:{path}") as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        try:
+            reply = stub.Check(health_pb2.HealthCheckRequest(service=SERVICE_NAME), timeout=timeout)
+        except grpc.RpcError as exc:
+            click.echo(f"{address}: {exc.code().name}: {exc.details()}")
+            sys.exit(EXIT_RUNTIME)
+    status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+    click.echo(f"{address}: {status}")
+    if reply.status != health_pb2.HealthCheckResponse.SERVING:
+        sys.exit(EXIT_RUNTIME)
 
 
 @main.command("plugins")

@@ -422,13 +422,17 @@ class Settings(_Model):
         working directory), as a path typed in a shell is; only the config
         file's own ``server.listen`` resolves against the file's directory.
         """
-        listen = ServerSettings._unix_only(listen)
-        raw = Path(listen.removeprefix("unix://")).expanduser()
-        if not raw.is_absolute():
-            listen = f"unix://{(cwd or Path.cwd()) / raw}"
-        _check_socket_length(Path(listen.removeprefix("unix://")))
+        listen = f"unix://{command_line_socket(listen, cwd)}"
         server = self.server.model_copy(update={"listen": listen})
         return self.model_copy(update={"server": server})
+
+
+def command_line_socket(listen: str, cwd: Path | None = None) -> Path:
+    """The socket a command-line ``unix://`` address names (relative: to ``cwd``)."""
+    raw = Path(ServerSettings._unix_only(listen).removeprefix("unix://")).expanduser()
+    path = raw if raw.is_absolute() else (cwd or Path.cwd()) / raw
+    _check_socket_length(path)
+    return path
 
 
 def _check_socket_length(path: Path) -> None:

@@ -461,6 +461,16 @@ def test_serve_tells_systemd_ready_reloading_and_stopping(
         assert ready["STATUS"] == f"serving 1 backends on unix://{sock}"
         health = health_pb2_grpc.HealthStub(grpc.insecure_channel(f"unix:{sock}"))
         assert health.Check(health_pb2.HealthCheckRequest(), timeout=10).status == 1
+        # the probe command operators use (relative --listen: the working directory)
+        probe = subprocess.run(
+            [sys.executable, "-m", "crishim.cli", "health", "--listen", f"unix://{sock.name}"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=sock.parent,
+            env=env,
+        )
+        assert probe.returncode == 0 and probe.stdout == f"unix://{sock}: SERVING\n", probe
 
         serve.signal(signal.SIGHUP)
         reloading = _messages(receiver, "RELOADING=1")[-1]
@@ -471,6 +481,14 @@ def test_serve_tells_systemd_ready_reloading_and_stopping(
         serve.signal(signal.SIGTERM)
         assert _messages(receiver, "STOPPING=1")
         assert serve.finish() == 0
+        gone = subprocess.run(
+            [sys.executable, "-m", "crishim.cli", "health", "--listen", f"unix://{sock}"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=env,
+        )
+        assert gone.returncode == 1 and "UNAVAILABLE" in gone.stdout
     finally:
         receiver.close()
         if serve.proc.poll() is None:

@@ -280,3 +280,49 @@ def test_live_catalog_offers_every_call_of_the_catalog() -> None:
     assert calls - {"start", "close"} <= set(vars(LiveCatalog)), (
         "the servicer talks to a LiveCatalog: give it the catalog's new call"
     )
+
+
+# -- upgrades ------------------------------------------------------------------------------------
+
+
+def test_a_snapshot_of_another_format_is_rebuilt_not_misread(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An upgrade that changes the snapshot format re-indexes once, then snapshots anew."""
+    import json
+
+    from crishim.oci import snapshot
+
+    state = tmp_path / "state"
+    config = {"backends": [{**DEMO, "options": {**DEMO["options"], "path": str(LAYOUT)}}]}
+    config["state_dir"] = str(state)  # type: ignore[assignment]
+    with running_server(config) as shim:
+        before = sorted(i.id for i in shim.list())
+    path = state / "backends" / "demo" / "oci-dir-index.snapshot"
+    data = path.read_bytes()
+    header_end = data.index(b"\n", len(snapshot.MAGIC))
+    header = json.loads(data[len(snapshot.MAGIC) : header_end])
+    assert header["format"] == snapshot.FORMAT
+    header["format"] = snapshot.FORMAT - 1  # as an older crishim wrote it
+    path.write_bytes(snapshot.MAGIC + json.dumps(header).encode() + data[header_end:])
+    with caplog.at_level(logging.INFO), running_server(config) as shim:
+        assert sorted(i.id for i in shim.list()) == before
+    messages = [r.getMessage() for r in caplog.records]
+    assert any(f"made with format={snapshot.FORMAT - 1}" in m for m in messages), messages
+    assert not any("from the snapshot of" in m for m in messages)
+    rewritten = path.read_bytes()
+    end = rewritten.index(b"\n", len(snapshot.MAGIC))
+    assert json.loads(rewritten[len(snapshot.MAGIC) : end])["format"] == snapshot.FORMAT
+
+
+def test_a_store_of_a_newer_layout_version_is_refused(tmp_path: Path) -> None:
+    from crishim.oci.store import ContentStore, StoreError
+
+    store = ContentStore(tmp_path / "store")
+    store.open()
+    store.close()
+    (tmp_path / "store" / "oci-layout").write_text('{"imageLayoutVersion":"2.0.0"}')
+    again = ContentStore(tmp_path / "store")
+    with pytest.raises(StoreError, match=r"imageLayoutVersion '2.0.0'; this crishim reads 1.x"):
+        again.open()
+    again.close()
