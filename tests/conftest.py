@@ -20,7 +20,7 @@ import pytest
 
 from crishim.cri.runtime.v1 import api_pb2
 from crishim.testing.ocibuild import BuiltImage, BuiltIndex, LayoutBuilder
-from crishim.testing.server import RunningShim, running_server
+from crishim.testing.server import RunningShim, running_server, short_tempdir
 
 #: The platform every test server resolves image indexes to (independent of the host).
 PLATFORM: dict[str, str] = {"os": "linux", "architecture": "arm64", "variant": "v8"}
@@ -208,3 +208,13 @@ def std_shim(std: StandardImages) -> Iterator[RunningShim]:
     config = make_config(backend("std", std.path), pinned=STANDARD_PINNED)
     with running_server(config) as shim:
         yield shim
+
+
+@pytest.fixture
+def sockdir() -> Iterator[Path]:
+    """A short temporary directory for sockets (unix paths hold 107 bytes), removed after."""
+    path = short_tempdir()
+    yield path
+    for child in sorted(path.rglob("*"), reverse=True):
+        child.unlink() if not child.is_dir() or child.is_symlink() else child.rmdir()
+    path.rmdir()

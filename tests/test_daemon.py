@@ -9,6 +9,7 @@ the suite: nothing here measures time.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -26,7 +27,6 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from crishim.cri.runtime.v1 import api_pb2, api_pb2_grpc
 from crishim.notify import Notifier
-from crishim.testing.server import short_tempdir
 from tests.plugin_fixtures import make_distribution
 
 LAYOUT = Path(__file__).resolve().parents[1] / "examples" / "layouts" / "demo"
@@ -146,13 +146,15 @@ class Serve:
         return code
 
 
-@pytest.fixture
-def sockdir() -> Iterator[Path]:
-    path = short_tempdir()
-    yield path
-    for child in sorted(path.rglob("*"), reverse=True):
-        child.unlink() if not child.is_dir() or child.is_symlink() else child.rmdir()
-    path.rmdir()
+@contextlib.contextmanager
+def serving(config: Path, env: dict[str, str]) -> Iterator[Serve]:
+    """A Serve that is stopped at the end and must then exit 0."""
+    serve = Serve(config, env)
+    try:
+        yield serve
+    finally:
+        serve.signal(signal.SIGTERM)
+        assert serve.finish() == 0, serve.log
 
 
 @pytest.fixture
@@ -299,8 +301,7 @@ def test_sighup_reloads_without_dropping_the_socket_or_calls_in_flight(
         tmp_path / "c.yaml",
         f"server: {{listen: 'unix://{sock}', grace_period: 30}}\n" + _demo() + slow,
     )
-    serve = Serve(config, env)
-    try:
+    with serving(config, env) as serve:
         serve.wait_for("ready in")
         inode = sock.stat().st_ino
         assert not _status(sock, HELLO).image.pinned
@@ -332,9 +333,6 @@ def test_sighup_reloads_without_dropping_the_socket_or_calls_in_flight(
         # the new logging level: one debug line per call, naming the backend
         serve.wait_for(rf"ImageStatus {re.escape(HELLO)}: hit demo \(", after=mark)
         serve.wait_for("the previous backends are closed", after=mark)
-    finally:
-        serve.signal(signal.SIGTERM)
-        assert serve.finish() == 0, serve.log
     assert "Traceback" not in serve.log
 
 
@@ -345,8 +343,7 @@ def test_an_invalid_config_on_reload_is_logged_and_the_running_one_stays(
     config = _write(
         tmp_path / "c.yaml", f"server: {{listen: 'unix://{sock}'}}\n" + _demo(pinned=f"['{HELLO}']")
     )
-    serve = Serve(config, env)
-    try:
+    with serving(config, env) as serve:
         serve.wait_for("ready in")
         # two mistakes at once: both are named, with the file and the key
         _write(
@@ -378,9 +375,6 @@ def test_an_invalid_config_on_reload_is_logged_and_the_running_one_stays(
         serve.wait_for("reload failed", after=mark)
         assert f"{config}: backends[0] (x, type misbehave): cannot start: boom" in serve.log
         assert _status(sock, HELLO).image.pinned
-    finally:
-        serve.signal(signal.SIGTERM)
-        assert serve.finish() == 0, serve.log
 
 
 def test_sighup_during_start_up_does_not_kill(
@@ -393,17 +387,13 @@ def test_sighup_during_start_up_does_not_kill(
         "backends:\n"
         f"  - {{name: s, type: misbehave, options: {{marker: '{marker}', start_delay: 1}}}}\n",
     )
-    serve = Serve(config, env)
-    try:
+    with serving(config, env) as serve:
         _wait_file(marker / "start", serve)
         serve.signal(signal.SIGHUP)
         serve.wait_for("ready in")
         serve.wait_for("reloaded")  # the reload asked for during start-up follows it
         assert serve.proc.poll() is None
         assert not _status(sock, "team/app:1").HasField("image")
-    finally:
-        serve.signal(signal.SIGTERM)
-        assert serve.finish() == 0, serve.log
 
 
 def test_a_backend_that_cannot_start_names_file_and_key(

@@ -8,7 +8,6 @@ import os
 import stat
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -29,7 +28,7 @@ from crishim.config import (
 from crishim.container import check_config
 from crishim.live import LiveCatalog
 from crishim.model import ImageRecord
-from crishim.testing.server import running_server, short_tempdir
+from crishim.testing.server import running_server
 from crishim.types import FilterType, Verdict
 
 LAYOUT = Path(__file__).resolve().parents[1] / "examples" / "layouts" / "demo"
@@ -38,15 +37,6 @@ DEMO = {
     "type": "oci-dir",
     "options": {"path": str(LAYOUT), "repository": "example.com/crishim/hello"},
 }
-
-
-@pytest.fixture
-def sockdir() -> Iterator[Path]:
-    path = short_tempdir()
-    yield path
-    for child in sorted(path.rglob("*"), reverse=True):
-        child.unlink() if not child.is_dir() else child.rmdir()
-    path.rmdir()
 
 
 def _crishim(*args: str, cwd: Path | None = None, **env: str) -> subprocess.CompletedProcess[str]:
