@@ -266,6 +266,7 @@ def check_config(
     listen: str | None = None,
     strict_plugins: bool | None = None,
     make: Callable[[Settings], Application] | None = None,
+    on_settings: Callable[[Settings], None] | None = None,
 ) -> tuple[Settings, Application]:
     """Every check ``serve`` makes before it starts, every problem in one ConfigError.
 
@@ -274,7 +275,9 @@ def check_config(
     metrics. When the schema fails, the options of every entry that names
     a known type are still checked, so one pass shows all that is wrong.
     Returns the settings and an application whose backends are built (not
-    started). ``make`` builds the application (default: make_application).
+    started). ``make`` builds the application (default: make_application);
+    ``on_settings`` is called once the schema holds, before anything is built
+    (``serve`` configures logging there, so building logs where it should).
     """
     source = str(path)
     base_dir = Path(path).resolve().parent
@@ -290,6 +293,8 @@ def check_config(
             settings = settings.with_listen(listen)
         except ValueError as exc:
             raise ConfigError("--listen", [("", str(exc))]) from None
+    if on_settings is not None:
+        on_settings(settings)
     if make is None:
         app = make_application(settings, strict_plugins=strict_plugins)
     else:

@@ -432,7 +432,8 @@ def test_missing_ca_file_stops_start_up(
         ({"url": "https://127.0.0.1:5000", "plain_http": True}, "needs an http:// url"),
         ({"url": "https://user:pw@127.0.0.1:5000"}, "must not hold credentials"),
         ({"url": "https://127.0.0.1:5000/?token=x"}, "query"),
-        ({"url": "https://h", "client_cert": "c.pem"}, "go together"),
+        # an existing file, so that the pairing, not the path, is the problem
+        ({"url": "https://h", "client_cert": __file__}, "go together"),
         ({"url": "ftp://h"}, "not http or https"),
     ],
 )
