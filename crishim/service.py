@@ -172,13 +172,20 @@ def verbose_info(answer: Answer) -> dict[str, str]:
         "imageSpec": spec,
         "chainID": record.chain_id or _chain_id_of(spec),
         "backend": answer.backend,
+        "runtimeHandler": answer.runtime_handler,
         "source": record.source,
         "manifestDigest": record.manifest_digest,
         "manifestMediaType": record.manifest_media_type,
+        "artifactType": record.artifact_type,
+        "extra": dict(record.extra),
     }
-    if record.extra:
-        info["extra"] = dict(record.extra)
     return {"info": json.dumps(info, sort_keys=True, separators=(",", ":"))}
+
+
+def _echoed(request_spec: api_pb2.ImageSpec) -> str:
+    """The request's ``user_specified_image`` if it is to be echoed (bounded), else ""."""
+    text = request_spec.user_specified_image
+    return text if len(text) <= reference.MAX_REFERENCE_LENGTH else ""
 
 
 #: A "time remaining" beyond this means the caller set no deadline: grpcio

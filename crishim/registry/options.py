@@ -153,6 +153,10 @@ class PullOptions(BackendOptions):
     max_concurrent_downloads: int = Field(default=3, ge=1, le=64)
     #: Honour HTTP(S)_PROXY / NO_PROXY from the environment.
     trust_env: bool = True
+    #: Pull and serve OCI artifacts (kubelet's ``image`` volumes) as well as
+    #: container images; ``false`` refuses them (FAILED_PRECONDITION), for
+    #: nodes that want runnable images only.
+    artifacts: bool = True
 
     @field_validator("registries")
     @classmethod

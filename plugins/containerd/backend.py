@@ -125,12 +125,14 @@ class ContainerdBackend(IndexedBackend):
             context.platform,
             self.tracer,
             max_concurrent_downloads=options.max_concurrent_downloads,
+            artifacts=options.artifacts,
         )
         self.resolver = Resolver(
             ContentReader(self),
             context.platform,
             tag_digests=False,
             extra={"containerdNamespace": options.namespace},
+            artifacts=options.artifacts,
         )
         self._names: dict[str, Named] = {}
         self._sizes: dict[str, int] = {}
@@ -443,8 +445,11 @@ class ContainerdBackend(IndexedBackend):
     def _fetch(
         self, source: ImageSource, plan: Plan, sink: ContainerdSink, progress: Progress | None
     ) -> None:
-        """Fetch every blob of the plan; unpack the layers meanwhile (``unpack``)."""
-        if not self.options.unpack:
+        """Fetch every blob of the plan; unpack the layers meanwhile (``unpack``).
+
+        An artifact's layers are not a filesystem: they are never unpacked.
+        """
+        if not self.options.unpack or plan.artifact_type:
             self.puller.fetch(source, plan, sink, progress)
             return
         unpacker = Unpacker(
@@ -481,7 +486,9 @@ class ContainerdBackend(IndexedBackend):
         labels = {CRI_IMAGE_LABEL: CRI_IMAGE_MANAGED}
         if self.context.is_pinned(names):
             labels[CRI_PINNED_LABEL] = CRI_PINNED
-        records = [*names, plan.config.digest]
+        # the ID record: sha256:<config digest>, or an artifact's manifest digest
+        # (artifacts with the empty config would share a config digest)
+        records = [*names, plan.image_id]
         with self.tracer.start_as_current_span(
             "registry.commit",
             attributes={"oci.digest": plan.top.digest, "crishim.image.names": records},
@@ -501,8 +508,10 @@ class ContainerdBackend(IndexedBackend):
             )
             for name in records:
                 self.client.put_image(name, target, labels)
-            if self.options.namespace == CRI_NAMESPACE and (
-                self.client.cri_knows(plan.config.digest, CRI_WAIT) is False
+            if (
+                self.options.namespace == CRI_NAMESPACE
+                and not plan.artifact_type
+                and self.client.cri_knows(plan.config.digest, CRI_WAIT) is False
             ):
                 log.warning(
                     "backend %s: containerd's CRI did not report %s within %.0fs of its "

@@ -84,7 +84,7 @@ class RegistryCacheBackend(IndexedBackend):
             raise BackendError(context.name, "no store path: set options.path or state_dir")
         self.root = root
         self.store = ContentStore(root)
-        self.layout = Layout(root, context.platform)
+        self.layout = Layout(root, context.platform, artifacts=options.artifacts)
         self.client = RegistryClient(options, context.config_dir)
         self.tracer = context.tracer_provider.get_tracer(__name__)
         self.puller = Puller(
@@ -92,6 +92,7 @@ class RegistryCacheBackend(IndexedBackend):
             context.platform,
             self.tracer,
             max_concurrent_downloads=options.max_concurrent_downloads,
+            artifacts=options.artifacts,
         )
         self._results: tuple[EntryResult, ...] = ()
         self._index_identity: tuple[int, int, int] | None = None
