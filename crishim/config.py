@@ -22,6 +22,8 @@ MiB = 1024 * 1024
 DEFAULT_MESSAGE_SIZE = 16 * MiB
 DEFAULT_LISTEN = "unix:///run/crishim/crishim.sock"
 _NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9_-]{0,62})$")
+#: A RuntimeClass handler is a DNS-1123 label (Kubernetes validates it so).
+_HANDLER_RE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 
 
 class ConfigError(Exception):
@@ -116,6 +118,12 @@ class BackendSettings(_Model):
     #: answer is given up (logged, the next backend asked). Unset: calls are
     #: direct, with no thread hand-off.
     timeout: float | None = Field(default=None, gt=0, le=600)
+    #: The CRI runtime handlers (RuntimeClass handlers) this backend serves;
+    #: ``""`` is the default handler, what calls without one ask for.
+    runtime_handlers: list[str] = Field(default_factory=lambda: [""], min_length=1)
+    #: The platform this backend resolves image indexes to, and so the
+    #: platform of every handler it serves (unset: the top-level ``platform``).
+    platform: PlatformSettings | None = None
 
     @field_validator("name")
     @classmethod
@@ -125,6 +133,19 @@ class BackendSettings(_Model):
                 "must be 1-63 characters of a-z, 0-9, '-' and '_', starting with a letter or digit"
             )
         return value
+
+    @field_validator("runtime_handlers")
+    @classmethod
+    def _handlers(cls, values: list[str]) -> list[str]:
+        for value in values:
+            if value and not _HANDLER_RE.match(value):
+                raise ValueError(
+                    f"{value[:80]!r} is not a runtime handler name (a RuntimeClass handler: "
+                    "1-63 characters of a-z, 0-9 and '-', or \"\" for the default handler)"
+                )
+        if len(set(values)) != len(values):
+            raise ValueError("a runtime handler is listed twice")
+        return values
 
 
 class FilterSettings(_Model):
@@ -315,6 +336,37 @@ class Settings(_Model):
     def with_listen(self, listen: str) -> Settings:
         server = self.server.model_copy(update={"listen": ServerSettings._unix_only(listen)})
         return self.model_copy(update={"server": server})
+
+
+def backend_platform(settings: Settings, entry: BackendSettings) -> Platform:
+    """The platform a backend resolves image indexes to: its own, else the top-level one."""
+    return (entry.platform or settings.platform).resolve()
+
+
+def handler_platform_problems(settings: Settings) -> list[tuple[str, str]]:
+    """Config problems of runtime handlers: one served by backends of different platforms.
+
+    A handler resolves image indexes to one platform, so the enabled
+    backends serving it must agree on it.
+    """
+    first: dict[str, tuple[str, Platform]] = {}
+    problems: list[tuple[str, str]] = []
+    for i, entry in enumerate(settings.backends):
+        if not entry.enabled:
+            continue
+        platform = backend_platform(settings, entry)
+        for handler in entry.runtime_handlers:
+            seen = first.setdefault(handler, (entry.name, platform))
+            if seen[1] != platform:
+                problems.append(
+                    (
+                        f"backends[{i}].runtime_handlers",
+                        f"runtime handler {handler!r} is served by backend {seen[0]} for "
+                        f"platform {seen[1]} and by {entry.name} for {platform}: a handler has "
+                        "one platform (serve the other platform under a handler of its own)",
+                    )
+                )
+    return problems
 
 
 def _loc(loc: Sequence[int | str]) -> str:

@@ -158,6 +158,9 @@ class FilesystemUsage:
     used_bytes: int
     inodes_used: int
     timestamp_ns: int
+    #: True for a filesystem where the runtime keeps containers (ImageFsInfo's
+    #: ``container_filesystems``, a split image filesystem), not images.
+    container: bool = False
 
 
 @dataclass(slots=True, eq=False)

@@ -21,7 +21,7 @@ from google.protobuf.message import Message
 from crishim import errors, reference, tracing
 from crishim.catalog import Catalog
 from crishim.cri.runtime.v1 import api_pb2, api_pb2_grpc
-from crishim.model import Answer
+from crishim.model import Answer, FilesystemUsage
 from crishim.oci.layout import chain_id
 from crishim.reference import Reference
 from crishim.types import PullAuth, PullRequest
@@ -97,7 +97,11 @@ def image_message(answer: Answer) -> api_pb2.Image:
         repo_digests=record.repo_digests,
         size=record.size,
         username=username,
-        spec=api_pb2.ImageSpec(image=record.id, annotations=dict(record.annotations)),
+        spec=api_pb2.ImageSpec(
+            image=record.id,
+            annotations=dict(record.annotations),
+            runtime_handler=answer.runtime_handler,
+        ),
         pinned=answer.pinned,
     )
     if uid is not None:
@@ -222,20 +226,26 @@ class ImageService(api_pb2_grpc.ImageServiceServicer):
         self, request: api_pb2.ImageStatusRequest, context: grpc.ServicerContext
     ) -> api_pb2.ImageStatusResponse | bytes:
         ref = _parse(request.image.image)
-        answer = self.catalog.image_status(ref)
+        answer = self.catalog.route(request.image.runtime_handler).image_status(ref)
         tracing.note_answer(ref, answer)
         if answer is None:
             return _EMPTY_STATUS
-        if not request.verbose:
+        user_specified = _echoed(request.image)
+        if not request.verbose and not user_specified:
             return image_status_bytes(answer)
+        # the CRI: user_specified_image is set when the call's context has it
         response = api_pb2.ImageStatusResponse(image=image_message(answer))
-        response.info.update(verbose_info(answer))
+        response.image.spec.user_specified_image = user_specified
+        if request.verbose:
+            response.info.update(verbose_info(answer))
         return response
 
     def _answers(self, request: Any) -> list[Answer]:
-        text = request.filter.image.image if request.HasField("filter") else ""
-        ref = _parse(text, "filter image reference") if text else None
-        return self.catalog.list_images(ref)
+        spec = request.filter.image if request.HasField("filter") else api_pb2.ImageSpec()
+        ref = _parse(spec.image, "filter image reference") if spec.image else None
+        if ref is None and not spec.runtime_handler:
+            return self.catalog.list_images_every_handler()
+        return self.catalog.route(spec.runtime_handler).list_images(ref)
 
     @_rpc
     def ListImages(
@@ -301,14 +311,17 @@ class ImageService(api_pb2_grpc.ImageServiceServicer):
             deadline=_deadline(remaining),
             cancelled=lambda: not context.is_active(),
             annotations=dict(request.image.annotations),
+            runtime_handler=request.image.runtime_handler,
+            user_specified_image=_echoed(request.image),
         )
+        route = self.catalog.route(pull.runtime_handler)
         if not self._pull_slots.acquire(blocking=False):
             raise errors.TooLarge(
                 f"cannot pull {ref}: {self.max_concurrent_pulls} pulls are already running "
                 "(server.max_concurrent_pulls); retry later"
             )
         try:
-            answer = self.catalog.pull_image(pull)
+            answer = route.pull_image(pull)
         finally:
             self._pull_slots.release()
         tracing.note_answer(ref, answer)
@@ -319,7 +332,7 @@ class ImageService(api_pb2_grpc.ImageServiceServicer):
         self, request: api_pb2.RemoveImageRequest, context: grpc.ServicerContext
     ) -> api_pb2.RemoveImageResponse:
         ref = _parse(request.image.image)
-        removed = self.catalog.remove_image(ref)
+        removed = self.catalog.route(request.image.runtime_handler).remove_image(ref)
         tracing.note_answer(ref, removed)
         if removed is not None:
             log.info("removed image %s (%s)", removed.record.id, ref.raw)
@@ -330,13 +343,17 @@ class ImageService(api_pb2_grpc.ImageServiceServicer):
         self, request: api_pb2.ImageFsInfoRequest, context: grpc.ServicerContext
     ) -> api_pb2.ImageFsInfoResponse:
         now = time.time_ns()
-        filesystems = [
-            api_pb2.FilesystemUsage(
-                timestamp=usage.timestamp_ns or now,
-                fs_id=api_pb2.FilesystemIdentifier(mountpoint=usage.mountpoint),
-                used_bytes=api_pb2.UInt64Value(value=usage.used_bytes),
-                inodes_used=api_pb2.UInt64Value(value=usage.inodes_used),
-            )
-            for usage in self.catalog.filesystem_usage()
-        ]
-        return api_pb2.ImageFsInfoResponse(image_filesystems=filesystems)
+        images, containers = self.catalog.filesystems()
+        return api_pb2.ImageFsInfoResponse(
+            image_filesystems=[_usage_message(u, now) for u in images],
+            container_filesystems=[_usage_message(u, now) for u in containers],
+        )
+
+
+def _usage_message(usage: FilesystemUsage, now: int) -> api_pb2.FilesystemUsage:
+    return api_pb2.FilesystemUsage(
+        timestamp=usage.timestamp_ns or now,
+        fs_id=api_pb2.FilesystemIdentifier(mountpoint=usage.mountpoint),
+        used_bytes=api_pb2.UInt64Value(value=usage.used_bytes),
+        inodes_used=api_pb2.UInt64Value(value=usage.inodes_used),
+    )

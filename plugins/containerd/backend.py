@@ -152,6 +152,7 @@ class ContainerdBackend(IndexedBackend):
     # -- lifecycle -------------------------------------------------------
 
     def start(self) -> None:
+        _claim_namespace(self)
         self.client.connect()
         try:
             self.registry.start()
@@ -190,6 +191,7 @@ class ContainerdBackend(IndexedBackend):
             thread.join(timeout=5)
         self.registry.close()
         self.client.close()
+        _release_namespace(self)
 
     # -- the index -------------------------------------------------------
 
@@ -531,6 +533,42 @@ class ContainerdBackend(IndexedBackend):
             raise BackendError(self.name, f"pull {ref}: stored, but {problem or 'not served'}")
         log.info("backend %s: pulled %s as %s", self.name, ref, record.id)
         return record
+
+
+#: (address, namespace) -> (backend name, platform) of the containerd backends
+#: started in this process: the names of one namespace are one platform's.
+_NAMESPACES: dict[tuple[str, str], tuple[str, str]] = {}
+_NAMESPACES_LOCK = threading.Lock()
+
+
+def _claim_namespace(backend: ContainerdBackend) -> None:
+    """Refuse to start a second backend on a namespace another platform's backend serves.
+
+    A containerd namespace has one image per name; two backends of
+    different platforms (two runtime handlers) writing one namespace would
+    name each other's images. Give each platform a namespace of its own.
+    """
+    key = (backend.options.address, backend.options.namespace)
+    platform = str(backend.context.platform)
+    with _NAMESPACES_LOCK:
+        owner = _NAMESPACES.setdefault(key, (backend.name, platform))
+    if owner[1] != platform and owner[0] != backend.name:
+        from crishim.errors import BackendError
+
+        raise BackendError(
+            backend.name,
+            f"containerd namespace {key[1]} at {key[0]} is served by backend {owner[0]} for "
+            f"platform {owner[1]}; this backend is for {platform}: the names of one namespace "
+            "name one platform's images, so give this backend a namespace of its own "
+            "(options.namespace)",
+        )
+
+
+def _release_namespace(backend: ContainerdBackend) -> None:
+    key = (backend.options.address, backend.options.namespace)
+    with _NAMESPACES_LOCK:
+        if _NAMESPACES.get(key, ("", ""))[0] == backend.name:
+            del _NAMESPACES[key]
 
 
 def _pinned(labels: Mapping[str, str]) -> bool:
