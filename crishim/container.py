@@ -74,6 +74,12 @@ def build_backends(
         raise ConfigError(settings.source, problems)
     if not handles:
         raise ConfigError(settings.source, [("backends", "every backend is disabled")])
+    if not any("" in h.runtime_handlers for h in handles):
+        log.warning(
+            "no backend serves the default runtime handler ''; calls that name no runtime "
+            "handler (every call of a kubelet without RuntimeClassInImageCriApi) are "
+            "INVALID_ARGUMENT"
+        )
     return handles
 
 

@@ -347,9 +347,9 @@ def test_an_unknown_handler_pulls_nothing(
     err = rpc_error(pull, shim, f"{registry.host}/test/multi:1", "gvisor")
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "'gvisor'" in (err.details() or "")
-    assert not (tmp_path / "amd" / "blobs").exists() or not any(
-        (tmp_path / "amd" / "blobs").rglob("*-*")
-    )
+    for store in ("amd", "arm"):
+        blobs = tmp_path / store / "blobs"
+        assert not [p for p in blobs.rglob("*") if p.is_file()], store
     assert listed(shim) == []
 
 
@@ -388,3 +388,14 @@ def test_the_cri_backend_forwards_the_handler() -> None:
             assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
             assert "runtime handler 'kata' is not served" in (err.details() or "")
             assert status(shim, "example.com/app:1").image.spec.runtime_handler == ""
+
+
+def test_no_default_handler_is_warned_about(
+    layout: Layout, caplog: pytest.LogCaptureFixture
+) -> None:
+    vm = layout_backends(layout.path)[1]
+    with caplog.at_level("WARNING"), running_server({"backends": [vm]}) as shim:
+        err = rpc_error(status, shim, MULTI)
+        assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert status(shim, MULTI, "kata-arm64").image.id == layout.arm64.id
+    assert any("no backend serves the default runtime handler" in r.message for r in caplog.records)
