@@ -258,24 +258,15 @@ class Catalog:
         #: The runtime handler this catalog answers for: ``""`` here; a route
         #: (:meth:`route`) answers for its own.
         self.runtime_handler = ""
-        self._routes: dict[str, Catalog] = self._make_routes()
+        self._routes: dict[str, Catalog] = {}
+        #: The ``backends`` the routes were made for (made again when it changes).
+        self._routed: tuple[BackendHandle, ...] | None = None
 
     # -- lifecycle -------------------------------------------------------
 
     def start(self) -> None:
-        """Start every backend, in order; when one fails, close those started and re-raise."""
-        started: list[BackendHandle] = []
-        try:
-            for handle in self.backends:
-                handle.backend.start()
-                started.append(handle)
-        except BaseException:
-            for handle in reversed(started):
-                try:
-                    handle.backend.close()
-                except Exception:
-                    log.exception("backend %s failed to close", handle.name)
-            raise
+        for handle in self.backends:
+            handle.backend.start()
 
     def close(self) -> None:
         for handle in reversed(self.backends):
@@ -313,14 +304,21 @@ class Catalog:
             route = copy.copy(self)
             route.backends = tuple(handles)
             route.runtime_handler = handler
-            route._routes = {}
+            route._routes, route._routed = {handler: route}, route.backends
             routes[handler] = route
         return routes
+
+    def _current_routes(self) -> dict[str, Catalog]:
+        """The routes for the backends as they are now (start-up may leave some out)."""
+        if self._routed is not self.backends:
+            self._routes = self._make_routes()
+            self._routed = self.backends
+        return self._routes
 
     @property
     def runtime_handlers(self) -> tuple[str, ...]:
         """Every runtime handler some backend serves, in the order backends name them."""
-        return tuple(self._routes)
+        return tuple(self._current_routes())
 
     def route(self, handler: str) -> Catalog:
         """The catalog answering calls for ``handler`` (ImageSpec's ``runtime_handler``).
@@ -328,9 +326,10 @@ class Catalog:
         A handler no configured backend serves is INVALID_ARGUMENT (the CRI:
         an unknown handler is rejected), naming the known ones.
         """
-        route = self._routes.get(handler)
+        routes = self._current_routes()
+        route = routes.get(handler)
         if route is None:
-            known = ", ".join(repr(h) for h in self._routes) or "none"
+            known = ", ".join(repr(h) for h in routes) or "none"
             shown = handler if len(handler) <= 80 else handler[:77] + "..."
             raise InvalidRequest(
                 f"runtime handler {shown!r} is not served by any configured backend "
@@ -344,10 +343,11 @@ class Catalog:
         An image two handlers share (one platform, so one ID) is one entry,
         answered for the first handler that has it, with the names of all.
         """
-        if len(self._routes) == 1 and self._routes.get(self.runtime_handler) is self:
+        routes = self._current_routes()
+        if len(routes) == 1 and routes.get(self.runtime_handler) is self:
             return self.list_images()
         merged: dict[str, tuple[Answer, Catalog]] = {}
-        for route in self._routes.values():
+        for route in routes.values():
             for answer in route.list_images():
                 seen = merged.get(answer.record.id)
                 if seen is None:
@@ -396,7 +396,7 @@ class Catalog:
 
     def _first_puller(self) -> BackendHandle | None:
         """The backend PullImage goes to for the default handler (else for any)."""
-        default = self._routes.get("")
+        default = self._current_routes().get("")
         for candidates in (default.backends if default is not None else (), self.backends):
             for handle in candidates:
                 if isinstance(handle.backend, Puller):
@@ -458,8 +458,12 @@ class Catalog:
 
         With no pulling backend configured, an image already present is its
         own pull (kubelet's ``Always`` policy keeps working on read-only
-        nodes); an absent one is FAILED_PRECONDITION.
+        nodes); an absent one is FAILED_PRECONDITION. The pull goes down the
+        route of ``request.runtime_handler`` (:meth:`route`).
         """
+        route = self.route(request.runtime_handler)
+        if route is not self:
+            return route.pull_image(request)
         ref = request.ref
         for handle in self.backends:
             if isinstance(handle.backend, Puller):

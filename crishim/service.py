@@ -314,14 +314,13 @@ class ImageService(api_pb2_grpc.ImageServiceServicer):
             runtime_handler=request.image.runtime_handler,
             user_specified_image=_echoed(request.image),
         )
-        route = self.catalog.route(pull.runtime_handler)
         if not self._pull_slots.acquire(blocking=False):
             raise errors.TooLarge(
                 f"cannot pull {ref}: {self.max_concurrent_pulls} pulls are already running "
                 "(server.max_concurrent_pulls); retry later"
             )
         try:
-            answer = route.pull_image(pull)
+            answer = self.catalog.pull_image(pull)
         finally:
             self._pull_slots.release()
         tracing.note_answer(ref, answer)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -20,6 +21,7 @@ import pytest
 from conftest import rpc_error
 from containerd.images import host_platform
 from containerd.process import ContainerdProcess
+from crishim_plugins.containerd import ContainerdBackend, ContainerdOptions
 from crishim_plugins.containerd.api.services.content.v1 import content_pb2, content_pb2_grpc
 from crishim_plugins.containerd.api.services.images.v1 import images_pb2, images_pb2_grpc
 from registry.helpers import plain_endpoint
@@ -29,8 +31,10 @@ from test_runtime_handlers import listed, pull, remove, status
 
 from crishim.cri.runtime.v1 import api_pb2, api_pb2_grpc
 from crishim.errors import BackendError
+from crishim.model import Platform
 from crishim.testing.ocibuild import BuiltImage
 from crishim.testing.server import RunningShim, running_server
+from crishim.types import BackendContext
 
 pytest_plugins = ["registry.fixtures", "containerd.fixtures"]
 
@@ -156,23 +160,43 @@ def test_a_handler_of_another_platform_pulls_into_its_namespace(
 
 
 def test_one_namespace_is_one_platforms(
-    containerd: ContainerdProcess, registry: RegistryProcess, images: RegistryImages
+    containerd: ContainerdProcess,
+    registry: RegistryProcess,
+    images: RegistryImages,
+    tmp_path: Path,
 ) -> None:
     ns = namespace("shared")
     host, _, other, _ = platforms(images)
-    backends = [
-        backend(containerd, registry, "host", ns) | {"platform": host},
-        backend(containerd, registry, "vm", ns) | {"runtime_handlers": ["kata"], "platform": other},
-    ]
-    with pytest.raises(BackendError) as info, running_server({"backends": backends}):
-        pass
-    message = str(info.value)
-    assert f"containerd namespace {ns}" in message
-    assert "served by backend host" in message
-    assert "give this backend a namespace of its own" in message
-    # the first backend was closed again: the namespace is free for one platform
-    with running_server({"backends": backends[1:]}) as shim:
-        assert shim.list() == []
+
+    def make(name: str, plat: dict[str, str]) -> ContainerdBackend:
+        options = backend(containerd, registry, name, ns)["options"]
+        context = BackendContext(
+            name=name,
+            platform=Platform(plat["os"], plat["architecture"], plat.get("variant", "")),
+            config_dir=tmp_path,
+        )
+        return ContainerdBackend(context, ContainerdOptions.model_validate(options))
+
+    first = make("host", host)
+    first.start()
+    try:
+        second = make("vm", other)
+        with pytest.raises(BackendError) as info:
+            second.start()
+        message = str(info.value)
+        assert f"containerd namespace {ns}" in message
+        assert "served by backend host" in message
+        assert "give this backend a namespace of its own" in message
+        # the same platform may share it (one more handler)
+        same = make("also-host", host)
+        same.start()
+        same.close()
+    finally:
+        first.close()
+    # once the first is gone, the namespace is free for one platform
+    second = make("vm", other)
+    second.start()
+    second.close()
 
 
 # --------------------------------------------------------------------------- artifacts

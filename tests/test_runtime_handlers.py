@@ -399,3 +399,24 @@ def test_no_default_handler_is_warned_about(
         assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert status(shim, MULTI, "kata-arm64").image.id == layout.arm64.id
     assert any("no backend serves the default runtime handler" in r.message for r in caplog.records)
+
+
+def test_routes_follow_the_backends_the_catalog_keeps(tmp_path: Path) -> None:
+    """A backend left out after start-up (one that failed to start) leaves its routes too."""
+    from crishim.catalog import BackendHandle, Catalog
+    from crishim.errors import InvalidRequest
+    from crishim.model import Platform
+    from crishim.types import BackendContext, IndexedBackend
+
+    def handle(name: str, handlers: tuple[str, ...]) -> BackendHandle:
+        context = BackendContext(name, Platform("linux", "amd64"), tmp_path)
+        return BackendHandle(name, "indexed", IndexedBackend(context), runtime_handlers=handlers)
+
+    catalog = Catalog([handle("a", ("",)), handle("b", ("kata",))])
+    assert catalog.runtime_handlers == ("", "kata")
+    assert [h.name for h in catalog.route("kata").backends] == ["b"]
+    catalog.backends = catalog.backends[:1]
+    assert catalog.runtime_handlers == ("",)
+    assert catalog.route("") is catalog
+    with pytest.raises(InvalidRequest, match="runtime handler 'kata' is not served"):
+        catalog.route("kata")

@@ -117,9 +117,7 @@ def file_identity(path: Path) -> tuple[int, int, int] | None:
 class Layout:
     """One OCI image-layout directory."""
 
-    def __init__(
-        self, root: Path, platform: Platform, repository: str = "", *, artifacts: bool = False
-    ) -> None:
+    def __init__(self, root: Path, platform: Platform, repository: str = "") -> None:
         self.root = root
         self.blobs = root / "blobs"
         self.index_path = root / "index.json"
@@ -127,7 +125,7 @@ class Layout:
         self.repository = repository
         self.source = sys.intern(str(root))
         self._blobs_dir = str(self.blobs)
-        self.resolver = Resolver(self, platform, repository, artifacts=artifacts)
+        self.resolver = Resolver(self, platform, repository)
 
     # -- blobs -----------------------------------------------------------
 

@@ -84,7 +84,9 @@ class RegistryCacheBackend(IndexedBackend):
             raise BackendError(context.name, "no store path: set options.path or state_dir")
         self.root = root
         self.store = ContentStore(root)
-        self.layout = Layout(root, context.platform, artifacts=options.artifacts)
+        self.layout = Layout(root, context.platform)
+        # the store serves what the puller may put there: artifacts too, unless refused
+        self.layout.resolver.artifacts = options.artifacts
         self.client = RegistryClient(options, context.config_dir)
         self.tracer = context.tracer_provider.get_tracer(__name__)
         self.puller = Puller(
