@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -25,7 +25,14 @@ from crishim.config import (
 from crishim.container import Application, check_config, make_application
 from crishim.errors import CrishimError
 from crishim.manager import PluginError, PluginInfo, load_plugins
-from crishim.types import PullAuth, PullProgress, PullRequest
+from crishim.types import (
+    BackendType,
+    FilterType,
+    PullAuth,
+    PullPolicyType,
+    PullProgress,
+    PullRequest,
+)
 
 log = logging.getLogger("crishim")
 
@@ -220,22 +227,23 @@ def health_command(config_path: str, listen: str | None, timeout: float) -> None
 
 @main.command("plugins")
 def list_plugins() -> None:
-    """List the plugins installed, their backend types, package and version."""
+    """List the plugins installed and the types they offer, with package and version."""
     try:
         pm = load_plugins()
-        types = pm.backend_types()
-        filter_types = pm.filter_types()
+        kinds: dict[str, Mapping[str, BackendType | FilterType | PullPolicyType]] = {
+            "backend types": pm.backend_types(),
+            "filter types": pm.filter_types(),
+            "pull policy types": pm.pull_policy_types(),
+        }
     except PluginError as exc:
         _fail(str(exc), EXIT_CONFIG)
     _echo_plugins(pm.infos)
-    click.echo("backend types:")
-    for name, bt in sorted(types.items()):
-        origin = f"{bt.package} {bt.version}".strip() or "unknown package"
-        click.echo(f"  {name}: {origin}" + (f" - {bt.description}" if bt.description else ""))
-    click.echo("filter types:")
-    for name, ft in sorted(filter_types.items()):
-        origin = f"{ft.package} {ft.version}".strip() or "unknown package"
-        click.echo(f"  {name}: {origin}" + (f" - {ft.description}" if ft.description else ""))
+    for title, types in kinds.items():
+        click.echo(f"{title}:")
+        for name, kind in sorted(types.items()):
+            origin = f"{kind.package} {kind.version}".strip() or "unknown package"
+            described = f" - {kind.description}" if kind.description else ""
+            click.echo(f"  {name}: {origin}{described}")
 
 
 def _echo_plugins(infos: Sequence[PluginInfo]) -> None:

@@ -23,11 +23,19 @@ from crishim.catalog import BackendHandle, Catalog, FilterHandle, PinnedPolicy
 from crishim.config import ConfigError, FilterSettings, PluginSettings, Settings
 from crishim.live import LiveCatalog
 from crishim.manager import PluginError, PluginManager, load_plugins
+from crishim.policies import PolicyChain, PolicyHandle
 from crishim.pulls import PullBoard
 from crishim.server import Server
 from crishim.service import ImageService
 from crishim.status import StatusEndpoint
-from crishim.types import Backend, BackendContext, FilterContext
+from crishim.types import (
+    Backend,
+    BackendContext,
+    FilterContext,
+    ImagePolicy,
+    PolicyContext,
+    PullPolicy,
+)
 
 log = logging.getLogger(__name__)
 
@@ -143,6 +151,54 @@ def build_filters(settings: Settings, plugins: PluginManager) -> list[FilterHand
     return handles
 
 
+def build_policies(
+    settings: Settings,
+    plugins: PluginManager,
+    telemetry: tracing.PluginTelemetry | None = None,
+    tracer_provider: trace.TracerProvider | None = None,
+) -> PolicyChain:
+    """One instance per enabled ``pull_policies[]`` entry, in config order."""
+    types = plugins.pull_policy_types()
+    handles: list[PolicyHandle] = []
+    problems: list[tuple[str, str]] = []
+    for i, entry in enumerate(settings.pull_policies):
+        if not entry.enabled:
+            continue
+        policy_type = types.get(entry.type)
+        if policy_type is None:
+            known = ", ".join(sorted(types)) or "none"
+            problems.append(
+                (
+                    f"pull_policies[{i}].type",
+                    f"unknown pull policy type {entry.type!r} (installed: {known})",
+                )
+            )
+            continue
+        try:
+            options = config_mod.validate_options(
+                settings, i, policy_type.options_model, "pull_policies"
+            )
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+            continue
+        context = PolicyContext(
+            name=entry.name,
+            config_dir=settings.base_dir,
+            tracer_provider=tracer_provider or trace.NoOpTracerProvider(),
+        )
+        policy = policy_type.factory(context, options)
+        if not isinstance(policy, PullPolicy | ImagePolicy):
+            raise PluginError(
+                f"pull policy type {entry.type!r} ({policy_type.package or 'unknown package'}): "
+                f"its factory built a {type(policy).__name__}, which has neither "
+                "check_request nor check_image"
+            )
+        handles.append(PolicyHandle(entry.name, entry.type, policy, entry.timeout))
+    if problems:
+        raise ConfigError(settings.source, problems)
+    return PolicyChain(handles, telemetry, settings.server.workers)
+
+
 def status_endpoint(path: Path | None, board: PullBoard, mode: int) -> StatusEndpoint | None:
     """The status endpoint over the pull board, or None when it is turned off."""
     if path is None:
@@ -210,12 +266,21 @@ class Application(containers.DeclarativeContainer):
 
     filters = providers.ThreadSafeSingleton(build_filters, settings=settings, plugins=plugins)
 
+    policies = providers.ThreadSafeSingleton(
+        build_policies,
+        settings=settings,
+        plugins=plugins,
+        telemetry=plugin_telemetry,
+        tracer_provider=tracer_provider,
+    )
+
     catalog = providers.ThreadSafeSingleton(
         Catalog,
         backends=backends,
         pinned=pinned,
         telemetry=plugin_telemetry,
         filters=filters,
+        policies=policies,
         fail_on_backend_error=settings.provided.fail_on_backend_error,
         timeout_workers=settings.provided.server.workers,
     )
@@ -283,7 +348,7 @@ SHARED_ON_RELOAD = ("tracer_provider", "meter_provider", "prometheus", "plugin_t
 def make_successor(running: Application, settings: Settings) -> Application:
     """An application for a reloaded config that shares ``running``'s telemetry.
 
-    Only its catalog (backends, filters, pins) is used: the server, the
+    Only its catalog (backends, filters, pull policies, pins) is used: the server, the
     servicer and the telemetry providers stay those of ``running``, so
     ``settings`` should carry the running ``server``, ``tracing`` and
     ``metrics`` sections (:func:`crishim.daemon.reloadable`).
@@ -300,7 +365,7 @@ def release_catalog(app: Application) -> None:
     After a reload swapped the catalog out and closed it, this lets its
     indexes be freed; the container's other providers stay usable.
     """
-    for provider in (app.catalog, app.backends, app.filters, app.pinned):
+    for provider in (app.catalog, app.backends, app.filters, app.policies, app.pinned):
         provider.reset()
 
 
@@ -314,7 +379,7 @@ def check_config(
 ) -> tuple[Settings, Application]:
     """Every check ``serve`` makes before it starts, every problem in one ConfigError.
 
-    The schema, then every backend's and filter's options with its type's
+    The schema, then every backend's, filter's and pull policy's options with its type's
     model (paths checked against the file system), then tracing and
     metrics. When the schema fails, the options of every entry that names
     a known type are still checked, so one pass shows all that is wrong.
@@ -344,7 +409,13 @@ def check_config(
     else:
         app = make(settings)
     errors = []
-    for build in (app.backends, app.filters, app.tracing_setup, app.metrics_setup):
+    for build in (
+        app.backends,
+        app.filters,
+        app.policies,
+        app.tracing_setup,
+        app.metrics_setup,
+    ):
         try:
             build()
         except ConfigError as exc:
@@ -376,6 +447,7 @@ def _raw_option_problems(
         kinds: dict[str, Mapping[str, Any]] = {
             "backends": plugins.backend_types(),
             "filters": plugins.filter_types(),
+            "pull_policies": plugins.pull_policy_types(),
         }
     except PluginError:
         return []  # said again, on its own, once the schema is fixed
@@ -392,7 +464,7 @@ def _raw_option_problems(
             if kind is None:
                 if isinstance(entry.get("type"), str) and f"{section}[{i}].type" not in known:
                     installed = ", ".join(sorted(types)) or "none"
-                    what = section[:-1]
+                    what = {"pull_policies": "pull policy"}.get(section, section[:-1])
                     problems.append(
                         (
                             f"{section}[{i}].type",

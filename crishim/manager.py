@@ -21,11 +21,11 @@ from typing import TypeVar, cast
 import pluggy
 
 from crishim import hookspecs
-from crishim.types import BackendType, FilterType
+from crishim.types import BackendType, FilterType, PullPolicyType
 
 log = logging.getLogger(__name__)
 #: What a registering hook returns.
-R = TypeVar("R", BackendType, FilterType)
+R = TypeVar("R", BackendType, FilterType, PullPolicyType)
 
 ENTRY_POINT_GROUP = "crishim.plugins"
 #: Comma-separated plugin names to skip, on top of the config's list.
@@ -57,6 +57,7 @@ class PluginManager:
         self.infos: tuple[PluginInfo, ...] = tuple(infos)
         self._backend_types: dict[str, BackendType] | None = None
         self._filter_types: dict[str, FilterType] | None = None
+        self._policy_types: dict[str, PullPolicyType] | None = None
 
     @property
     def pluggy(self) -> pluggy.PluginManager:
@@ -75,6 +76,14 @@ class PluginManager:
         if self._filter_types is None:
             self._filter_types = self._registered("crishim_filter_types", FilterType, "filter type")
         return self._filter_types
+
+    def pull_policy_types(self) -> dict[str, PullPolicyType]:
+        """Every pull policy type offered, by name; two claims of one name fail."""
+        if self._policy_types is None:
+            self._policy_types = self._registered(
+                "crishim_pull_policy_types", PullPolicyType, "pull policy type"
+            )
+        return self._policy_types
 
     def _registered(self, hook_name: str, kind: type[R], what: str) -> dict[str, R]:
         """Call a registering hook plugin by plugin, knowing who offered what."""

@@ -10,7 +10,10 @@ the returned object must follow the :class:`Backend` protocol. Subclassing
 
 Filters are offered the same way (``crishim_filter_types`` returns
 :class:`FilterType` values); a :class:`Filter` gives each image record a
-:class:`Verdict`.
+:class:`Verdict`. Pull policies too (``crishim_pull_policy_types`` returns
+:class:`PullPolicyType` values): a :class:`PullPolicy` gives each pull a
+:class:`Decision` before anything is fetched, an :class:`ImagePolicy` again
+once the pull has resolved what it fetches (:class:`ResolvedImage`).
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 from opentelemetry import trace
 from pydantic import BaseModel, ConfigDict
@@ -134,6 +137,22 @@ class PullAuth:
 
 
 @dataclass(frozen=True)
+class PodContext:
+    """The pod a PullImage is for (``PullImageRequest.sandbox_config``).
+
+    kubelet sends it with every pull it makes for a pod; pulls by crictl,
+    ``crishim pull`` and other tools usually carry none (``PullRequest.pod``
+    is None then).
+    """
+
+    namespace: str = ""
+    name: str = ""
+    uid: str = ""
+    annotations: Mapping[str, str] = field(default_factory=dict)
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class PullRequest:
     """One PullImage call, as a pulling backend receives it."""
 
@@ -156,6 +175,15 @@ class PullRequest:
     #: ``ImageSpec.user_specified_image``: the reference as the pod spec
     #: wrote it, when kubelet knows it (``""`` otherwise); for policies and logs.
     user_specified_image: str = ""
+    #: The pod the pull is for, when the caller said (kubelet does).
+    pod: PodContext | None = None
+    #: Set by the catalog when an :class:`ImagePolicy` is configured: a
+    #: pulling backend calls it once it knows what it will fetch (manifest
+    #: resolved, nothing of the image visible yet); it raises to refuse the
+    #: pull. Backends built on :class:`crishim.registry.puller.Puller` get
+    #: this from :func:`crishim.registry.puller.admit`; one that does not
+    #: call it is checked after its pull instead, from the image record.
+    admit: Callable[[ResolvedImage], None] | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -312,6 +340,130 @@ class FilterType:
     #: (default-chain types run in name order). Only for filters that enforce
     #: the CRI contract itself.
     default_chain_options: Mapping[str, Any] | None = None
+    #: Filled in by crishim: the distribution that registered the type.
+    package: str = field(default="", compare=False)
+    version: str = field(default="", compare=False)
+
+
+# -- pull policies -----------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """A pull policy's answer: allowed, or denied with a reason for the client.
+
+    A denial is PERMISSION_DENIED, or FAILED_PRECONDITION with
+    ``status="failed_precondition"`` (the request could be allowed if it
+    were made differently: by digest, say). The reason goes into the gRPC
+    message as it is: never put a secret in it.
+    """
+
+    allowed: bool = True
+    reason: str = ""
+    status: Literal["permission_denied", "failed_precondition"] = "permission_denied"
+
+    @classmethod
+    def deny(cls, reason: str) -> Decision:
+        """Refused: PERMISSION_DENIED."""
+        return cls(False, reason)
+
+    @classmethod
+    def precondition(cls, reason: str) -> Decision:
+        """Refused as asked: FAILED_PRECONDITION."""
+        return cls(False, reason, "failed_precondition")
+
+
+ALLOW = Decision()
+
+
+@dataclass(frozen=True)
+class ResolvedImage:
+    """What a pull is about to make visible, for :class:`ImagePolicy`.
+
+    ``digest`` is what the reference resolved to (an index or a manifest):
+    the digest signatures are made over, and what a re-pull by digest
+    names. ``source`` reads more from the same registry with the pull's own
+    credentials and deadline (``source.resolve("sha256-<hex>.sig", None)``
+    fetches a cosign signature manifest, ``source.blob(...)`` its layers);
+    it is None when the image did not come through crishim's registry
+    client (a backend pulling through another runtime): then only the
+    digests are known.
+    """
+
+    ref: Reference
+    digest: str
+    media_type: str
+    #: The platform's manifest (``digest`` itself unless that is an index).
+    manifest_digest: str = ""
+    manifest: Mapping[str, Any] = field(default_factory=dict)
+    #: The image's config digest: its CRI image ID (an artifact's: its manifest digest).
+    image_id: str = ""
+    #: Set for OCI artifacts (image volumes): the artifact type.
+    artifact_type: str = ""
+    source: ImageSource | None = field(default=None, compare=False)
+    #: Reads the image config (JSON, checked against its digest); fetched on
+    #: first use, so policies that do not look cost nothing.
+    read_config: Callable[[], Mapping[str, Any]] = field(
+        default=lambda: {}, compare=False, repr=False
+    )
+
+
+class PolicyOptions(BaseModel):
+    """Base for a pull policy type's options; unknown keys are config errors."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+@dataclass(frozen=True)
+class PolicyContext:
+    """What crishim tells a pull policy instance about where it runs."""
+
+    #: The instance name from the config file (unique among pull policies).
+    name: str
+    #: The directory of the config file; relative paths in options resolve here.
+    config_dir: Path
+    #: Where the policy gets tracers for spans of its own (a no-op unless tracing is on).
+    tracer_provider: trace.TracerProvider = field(default_factory=trace.NoOpTracerProvider)
+
+
+@runtime_checkable
+class PullPolicy(Protocol):
+    """Judges a pull from its request, before anything is fetched.
+
+    ``check_request`` runs once per PullImage (and ``crishim pull``), from
+    any thread, before the pulling backend is asked; it must be quick. The
+    request carries the reference, the runtime handler, the pod
+    (``request.pod``) and ``user_specified_image``; never log ``auth``.
+    """
+
+    def check_request(self, request: PullRequest) -> Decision: ...
+
+
+@runtime_checkable
+class ImagePolicy(Protocol):
+    """Judges a pull once it is resolved, before the image is made visible.
+
+    ``check_image`` runs once per pull, after the manifest is resolved and
+    before any layer is stored as part of the image, with the digest and
+    the means to fetch more (signatures, attestations). It may do I/O
+    within its ``timeout``. A policy class may offer both checks.
+    """
+
+    def check_image(self, request: PullRequest, image: ResolvedImage) -> Decision: ...
+
+
+@dataclass(frozen=True)
+class PullPolicyType:
+    """A kind of pull policy a plugin offers, e.g. ``registry-policy``."""
+
+    #: The ``type`` used in the config file's ``pull_policies`` list.
+    name: str
+    #: Called once per configured instance: ``factory(context, options)``;
+    #: returns a :class:`PullPolicy`, an :class:`ImagePolicy` or both.
+    factory: Callable[[PolicyContext, Any], object]
+    #: Validates the instance's ``options`` mapping.
+    options_model: type[PolicyOptions] = PolicyOptions
+    description: str = ""
     #: Filled in by crishim: the distribution that registered the type.
     package: str = field(default="", compare=False)
     version: str = field(default="", compare=False)
