@@ -52,6 +52,14 @@ def _config_option(fn: Any) -> Any:
     )(fn)
 
 
+_handler_option = click.option(
+    "--runtime-handler",
+    default="",
+    metavar="HANDLER",
+    help="The runtime handler to pull for (backends[].runtime_handlers); default: ''.",
+)
+
+
 def _fail(message: str, code: int) -> NoReturn:
     click.echo(f"crishim: {message}", err=True)
     sys.exit(code)
@@ -273,6 +281,7 @@ EXIT_INTERRUPTED = 130
     help="Give up after this many seconds.",
 )
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars; print the image ID only.")
+@_handler_option
 @click.argument("image")
 def pull_command(
     config_path: str,
@@ -280,6 +289,7 @@ def pull_command(
     password_stdin: bool,
     timeout: float | None,
     quiet: bool,
+    runtime_handler: str,
     image: str,
 ) -> None:
     """Pull IMAGE into the store, as PullImage does, without a server.
@@ -308,6 +318,10 @@ def pull_command(
         auth = PullAuth(username=username, password=password)
     app = make_application(settings)
     catalog = _catalog(app)
+    try:
+        catalog.route(runtime_handler)
+    except CrishimError as exc:
+        _fail(f"--runtime-handler: {exc}", EXIT_CONFIG)
     interrupted = threading.Event()
     previous = signal.signal(signal.SIGINT, lambda *_: interrupted.set())
     bars = _PullBars(enabled=not quiet)
@@ -321,6 +335,7 @@ def pull_command(
                     deadline=None if timeout is None else time.monotonic() + timeout,
                     cancelled=interrupted.is_set,
                     progress=bars.update,
+                    runtime_handler=runtime_handler,
                 )
             )
     except CrishimError as exc:
@@ -342,8 +357,11 @@ def pull_command(
     help="Name the image (for a file holding one image, or one it leaves unnamed).",
 )
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars; print image IDs only.")
+@_handler_option
 @click.argument("path", type=click.Path(exists=True, path_type=Path))
-def import_command(config_path: str, name: str | None, quiet: bool, path: Path) -> None:
+def import_command(
+    config_path: str, name: str | None, quiet: bool, runtime_handler: str, path: Path
+) -> None:
     """Load the images of PATH into the store of the first pulling backend.
 
     PATH is an OCI image layout (a directory or a tar file, as ``ctr images
@@ -372,11 +390,16 @@ def import_command(config_path: str, name: str | None, quiet: bool, path: Path) 
             _fail(f"--name: {name!r} is an image ID, not a name", EXIT_CONFIG)
     app = make_application(settings)
     catalog = _catalog(app)
-    importer = next((h for h in catalog.backends if isinstance(h.backend, Importer)), None)
+    try:
+        serving = catalog.route(runtime_handler).backends
+    except CrishimError as exc:
+        _fail(f"--runtime-handler: {exc}", EXIT_CONFIG)
+    importer = next((h for h in serving if isinstance(h.backend, Importer)), None)
     if importer is None:
         _fail(
-            "no configured backend imports images "
-            f"(backends: {', '.join(h.name for h in catalog.backends)})",
+            "no configured backend imports images"
+            + (f" for runtime handler {runtime_handler!r}" if runtime_handler else "")
+            + f" (backends: {', '.join(h.name for h in serving)})",
             EXIT_CONFIG,
         )
     interrupted = threading.Event()
