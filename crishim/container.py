@@ -9,9 +9,9 @@ imports dependency-injector; tests swap a provider with ``.override()``.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from dependency_injector import containers, providers
 from opentelemetry import trace
@@ -20,7 +20,14 @@ from pydantic import ValidationError
 from crishim import config as config_mod
 from crishim import metrics, tracing
 from crishim.catalog import BackendHandle, Catalog, FilterHandle, PinnedPolicy
-from crishim.config import ConfigError, FilterSettings, PluginSettings, Settings
+from crishim.config import (
+    BackendSettings,
+    ConfigError,
+    FilterSettings,
+    PluginSettings,
+    PullPolicySettings,
+    Settings,
+)
 from crishim.live import LiveCatalog
 from crishim.manager import PluginError, PluginManager, load_plugins
 from crishim.policies import PolicyChain, PolicyHandle
@@ -31,13 +38,61 @@ from crishim.status import StatusEndpoint
 from crishim.types import (
     Backend,
     BackendContext,
+    BackendType,
     FilterContext,
+    FilterType,
     ImagePolicy,
     PolicyContext,
     PullPolicy,
+    PullPolicyType,
 )
 
 log = logging.getLogger(__name__)
+
+
+_Entry = TypeVar("_Entry", BackendSettings, FilterSettings, PullPolicySettings)
+_Kind = TypeVar("_Kind", BackendType, FilterType, PullPolicyType)
+
+#: What each config section's entries are, for messages.
+_WHAT = {"backends": "backend", "filters": "filter", "pull_policies": "pull policy"}
+
+
+def _configured(
+    settings: Settings,
+    section: str,
+    entries: Sequence[_Entry],
+    types: Mapping[str, _Kind],
+    problems: list[tuple[str, str]],
+    validate: Callable[[int, _Kind], Any] | None = None,
+) -> Iterator[tuple[_Entry, _Kind, Any]]:
+    """(entry, its type, its validated options) for each enabled entry of a section.
+
+    An entry naming no installed type, or with invalid options, adds to
+    ``problems`` and is skipped, so one pass reports every entry's problems.
+    ``validate(i, type)`` replaces the config's own option check.
+    """
+    for i, entry in enumerate(entries):
+        if not entry.enabled:
+            continue
+        kind = types.get(entry.type)
+        if kind is None:
+            known = ", ".join(sorted(types)) or "none"
+            problems.append(
+                (
+                    f"{section}[{i}].type",
+                    f"unknown {_WHAT[section]} type {entry.type!r} (installed: {known})",
+                )
+            )
+            continue
+        try:
+            if validate is not None:
+                options = validate(i, kind)
+            else:
+                options = config_mod.validate_options(settings, i, kind.options_model, section)
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+            continue
+        yield entry, kind, options
 
 
 def build_backends(
@@ -50,21 +105,9 @@ def build_backends(
     types = plugins.backend_types()
     handles: list[BackendHandle] = []
     problems: list[tuple[str, str]] = config_mod.handler_platform_problems(settings)
-    for i, entry in enumerate(settings.backends):
-        if not entry.enabled:
-            continue
-        backend_type = types.get(entry.type)
-        if backend_type is None:
-            known = ", ".join(sorted(types)) or "none"
-            problems.append(
-                (f"backends[{i}].type", f"unknown backend type {entry.type!r} (installed: {known})")
-            )
-            continue
-        try:
-            options = config_mod.validate_options(settings, i, backend_type.options_model)
-        except ConfigError as exc:
-            problems.extend(exc.problems)
-            continue
+    for entry, backend_type, options in _configured(
+        settings, "backends", settings.backends, types, problems
+    ):
         context = BackendContext(
             name=entry.name,
             platform=config_mod.backend_platform(settings, entry),
@@ -118,32 +161,19 @@ def build_filters(settings: Settings, plugins: PluginManager) -> list[FilterHand
         entries = settings.filters
     handles: list[FilterHandle] = []
     problems: list[tuple[str, str]] = []
-    for i, entry in enumerate(entries):
-        if not entry.enabled:
-            continue
-        filter_type = types.get(entry.type)
-        if filter_type is None:
-            known = ", ".join(sorted(types)) or "none"
-            problems.append(
-                (f"filters[{i}].type", f"unknown filter type {entry.type!r} (installed: {known})")
-            )
-            continue
-        if default:
-            try:
-                options = filter_type.options_model.model_validate(entry.options)
-            except ValidationError as exc:
-                raise PluginError(
-                    f"filter type {entry.type!r} ({filter_type.package or 'unknown package'}): "
-                    f"its default_chain_options are invalid: {exc}"
-                ) from None
-        else:
-            try:
-                options = config_mod.validate_options(
-                    settings, i, filter_type.options_model, "filters"
-                )
-            except ConfigError as exc:
-                problems.extend(exc.problems)
-                continue
+
+    def chain_options(i: int, filter_type: FilterType) -> Any:
+        try:
+            return filter_type.options_model.model_validate(entries[i].options)
+        except ValidationError as exc:
+            raise PluginError(
+                f"filter type {filter_type.name!r} ({filter_type.package or 'unknown package'}): "
+                f"its default_chain_options are invalid: {exc}"
+            ) from None
+
+    for entry, filter_type, options in _configured(
+        settings, "filters", entries, types, problems, chain_options if default else None
+    ):
         context = FilterContext(name=entry.name, config_dir=settings.base_dir)
         handles.append(FilterHandle(entry.name, entry.type, filter_type.factory(context, options)))
     if problems:
@@ -161,26 +191,9 @@ def build_policies(
     types = plugins.pull_policy_types()
     handles: list[PolicyHandle] = []
     problems: list[tuple[str, str]] = []
-    for i, entry in enumerate(settings.pull_policies):
-        if not entry.enabled:
-            continue
-        policy_type = types.get(entry.type)
-        if policy_type is None:
-            known = ", ".join(sorted(types)) or "none"
-            problems.append(
-                (
-                    f"pull_policies[{i}].type",
-                    f"unknown pull policy type {entry.type!r} (installed: {known})",
-                )
-            )
-            continue
-        try:
-            options = config_mod.validate_options(
-                settings, i, policy_type.options_model, "pull_policies"
-            )
-        except ConfigError as exc:
-            problems.extend(exc.problems)
-            continue
+    for entry, policy_type, options in _configured(
+        settings, "pull_policies", settings.pull_policies, types, problems
+    ):
         context = PolicyContext(
             name=entry.name,
             config_dir=settings.base_dir,
@@ -464,7 +477,7 @@ def _raw_option_problems(
             if kind is None:
                 if isinstance(entry.get("type"), str) and f"{section}[{i}].type" not in known:
                     installed = ", ".join(sorted(types)) or "none"
-                    what = {"pull_policies": "pull policy"}.get(section, section[:-1])
+                    what = _WHAT[section]
                     problems.append(
                         (
                             f"{section}[{i}].type",
