@@ -216,8 +216,10 @@ class PullBoard:
                 self._waiting.setdefault(state.registry, deque()).append(state)
                 self._count += 1
             self._pulls[state.id] = state
+            # the queue's length with this pull in it, as it was when it joined
+            queue = self._count
         if state.admitted is None:
-            state.span.add_event("crishim.pull.queued", {"crishim.pull.queue": self._count})
+            state.span.add_event("crishim.pull.queued", {"crishim.pull.queue": queue})
         return state
 
     def _admit(self, state: PullState) -> None:
@@ -253,6 +255,8 @@ class PullBoard:
         return True
 
     def _drop(self, state: PullState) -> None:
+        """Take a queued pull out of the queue and off the board; lock held."""
+        self._pulls.pop(state.id, None)
         waiting = self._waiting.get(state.registry)
         if waiting is not None and state in waiting:
             waiting.remove(state)
@@ -261,10 +265,14 @@ class PullBoard:
                 del self._waiting[state.registry]
 
     def leave(self, state: PullState) -> None:
-        """The pull's slot (or queue place) is free; it is gone from the board. Idempotent."""
+        """The pull's slot (or queue place) is free; it is gone from the board. Idempotent.
+
+        Gone at once, with its slot: the board never lists more pulls running
+        than it admits, though the call itself answers a moment later."""
         with self._cond:
             if state.id in self._active:
                 self._active.discard(state.id)
+                self._pulls.pop(state.id, None)
                 self._next()
             else:
                 self._drop(state)
@@ -272,8 +280,6 @@ class PullBoard:
     def finish(self, state: PullState, outcome: str) -> None:
         """The call ended (``ok`` or a status name): leave, and record what it did."""
         self.leave(state)
-        with self._cond:
-            self._pulls.pop(state.id, None)
         attributes = {"crishim.backend": state.backend, "crishim.pull.outcome": outcome}
         if self._duration is not None:
             self._duration.record(state.elapsed, attributes)
@@ -299,13 +305,14 @@ class PullBoard:
     # -- what the status endpoint serves -----------------------------------
 
     def snapshot(self) -> dict[str, Any]:
+        # the pulls' pictures are taken with the counts, under the lock, so what
+        # one reader sees agrees with itself (a pull admitted meanwhile is not
+        # both counted queued and shown resolving)
         with self._cond:
-            pulls = list(self._pulls.values())
-            running, queued = len(self._active), self._count
-        return {
-            "running": running,
-            "queued": queued,
-            "max_running": self.running,
-            "max_queued": self.queued,
-            "pulls": [p.snapshot() for p in sorted(pulls, key=lambda p: p.id)],
-        }
+            return {
+                "running": len(self._active),
+                "queued": self._count,
+                "max_running": self.running,
+                "max_queued": self.queued,
+                "pulls": [p.snapshot() for p in sorted(self._pulls.values(), key=lambda p: p.id)],
+            }
