@@ -243,12 +243,17 @@ class PullBoard:
     def wait(self, state: PullState, gone: Callable[[], bool], poll: float = 0.2) -> bool:
         """Wait until the pull is admitted (True) or ``gone()`` says its caller left (False,
         and the pull has left the queue)."""
-        with self._cond:
-            while state.admitted is None:
-                if gone():
+        while True:
+            with self._cond:
+                if state.admitted is None and gone():
                     self._drop(state)
                     return False
-                self._cond.wait(poll)
+                if state.admitted is None:
+                    self._cond.wait(poll)
+                if state.admitted is not None:
+                    break
+            # a pull is slow for its caller whether it waits or runs
+            self.check_slow(state)
         state.span.add_event(
             "crishim.pull.admitted", {"crishim.pull.queued_for": state.admitted - state.started}
         )
