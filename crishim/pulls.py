@@ -208,9 +208,9 @@ class PullBoard:
                 self._admit(state)
             elif self._count >= self.queued:
                 raise TooLarge(
-                    f"cannot pull {ref}: {self.running} pulls are running and {self._count} "
-                    f"are queued (server.max_concurrent_pulls, server.max_queued_pulls); "
-                    "retry later"
+                    f"cannot pull {ref}: the pull queue is full, {len(self._active)} running "
+                    f"(server.max_concurrent_pulls: {self.running}) and {self._count} waiting "
+                    f"(server.max_queued_pulls: {self.queued}); retry later"
                 )
             else:
                 self._waiting.setdefault(state.registry, deque()).append(state)
