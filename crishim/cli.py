@@ -511,7 +511,8 @@ def pulls_command(
     Reads the server's status endpoint (server.status_listen), not the CRI
     socket; what a person needs while a node waits for a big image.
     """
-    import time
+    import signal
+    import threading
 
     import httpx
 
@@ -545,14 +546,15 @@ def pulls_command(
     from rich.console import Console
     from rich.live import Live
 
+    # Ctrl-C (SIGINT) and SIGTERM end the display between two refreshes, never
+    # inside rich's start or stop: the terminal is left as it was found
+    stopping = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda signum, frame: stopping.set())
     console = Console()
     with Live(_pulls_view(fetch()), console=console, refresh_per_second=4) as live:
-        try:
-            while True:
-                time.sleep(interval)
-                live.update(_pulls_view(fetch()))
-        except KeyboardInterrupt:
-            pass
+        while not stopping.wait(interval):
+            live.update(_pulls_view(fetch()))
 
 
 def _print_pulls(status: dict[str, Any]) -> None:
