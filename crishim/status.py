@@ -24,8 +24,8 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-#: The socket's file name when ``server.status_listen`` is not set: beside the CRI socket.
-DEFAULT_NAME = "crishim-status.sock"
+#: Seconds a connection may stay silent before the endpoint drops it.
+READ_TIMEOUT = 10.0
 
 
 class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
@@ -47,6 +47,9 @@ class StatusEndpoint:
         pages = self.pages
 
         class Handler(BaseHTTPRequestHandler):
+            # a client that connects and sends nothing gives its thread back
+            timeout = READ_TIMEOUT
+
             def log_message(self, format: str, *args: Any) -> None:
                 pass
 

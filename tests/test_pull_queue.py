@@ -454,6 +454,27 @@ def test_the_board_shows_a_pull_mid_blob_with_its_progress(
     assert shown["elapsed"] >= 0 and shown["rate"] >= 0
 
 
+def test_the_board_names_the_backend_of_the_pulls_runtime_handler(
+    tmp_path: Path,
+    registry: RegistryProcess,
+    queue_images: QueueImages,
+    clean_proxy: TamperingProxy,
+) -> None:
+    config = config_for(tmp_path / "store", registry, clean_proxy)
+    vm = dict(config["backends"][0])
+    vm["name"] = "vm"
+    vm["runtime_handlers"] = ["kata"]
+    vm["options"] = {**vm["options"], "path": str(tmp_path / "vm-store")}
+    config["backends"].append(vm)
+    ref = queue_images.ref(8)
+    with running_server(config) as shim, holding(clean_proxy):
+        future = pull_future(shim, ref, runtime_handler="kata")
+        status = when(shim, "the pull on the board", lambda s: listed(s, ref))
+        clean_proxy.released.set()
+        assert future.result(timeout=30).image_ref == queue_images.images[8].id
+    assert [p["backend"] for p in listed(status, ref)] == ["vm"]
+
+
 def _events(span: Any) -> list[tuple[str, dict[str, Any]]]:
     return [(e.name, dict(e.attributes or {})) for e in span.events]
 

@@ -115,12 +115,13 @@ def pull_in_view(
             future.result(timeout=30)
 
 
-def crishim(*args: str) -> subprocess.CompletedProcess[str]:
+def crishim(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "crishim.cli", *args],
         capture_output=True,
         text=True,
         timeout=60,
+        env=None if env is None else {**os.environ, **env},
     )
 
 
@@ -162,11 +163,14 @@ def test_pulls_table_through_the_servers_config_file(
         path = tmp_path / "crishim.yaml"
         path.write_text(yaml.safe_dump(config))
         result = crishim("pulls", "--config", str(path))
-    assert result.returncode == 0, result.stderr
-    lines = result.stdout.splitlines()
-    assert lines[0] == "1 running (of 4), 0 queued (of 64)"
-    (row,) = [line for line in lines if watched.ref in line]
-    assert row.split()[1] == "downloading"
+        # as every command does, without --config: $CRISHIM_CONFIG
+        from_env = crishim("pulls", env={"CRISHIM_CONFIG": str(path)})
+    for done in (result, from_env):
+        assert done.returncode == 0, done.stderr
+        lines = done.stdout.splitlines()
+        assert lines[0] == "1 running (of 4), 0 queued (of 64)"
+        (row,) = [line for line in lines if watched.ref in line]
+        assert row.split()[1] == "downloading"
 
 
 # -- no server -------------------------------------------------------------------------------------

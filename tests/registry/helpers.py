@@ -96,9 +96,12 @@ def pull_error(
     return info.value
 
 
-def pull_future(shim: RunningShim, ref: str, *, timeout: float = 60) -> grpc.Future:
+def pull_future(
+    shim: RunningShim, ref: str, *, timeout: float = 60, runtime_handler: str = ""
+) -> grpc.Future:
     """A PullImage call in flight (``.result()`` to wait, ``.cancel()`` to give up)."""
-    request = api_pb2.PullImageRequest(image=api_pb2.ImageSpec(image=ref))
+    spec = api_pb2.ImageSpec(image=ref, runtime_handler=runtime_handler)
+    request = api_pb2.PullImageRequest(image=spec)
     return shim.images.PullImage.future(request, timeout=timeout)
 
 
