@@ -480,8 +480,12 @@ class Bench:
             return
         from containerd.process import ContainerdProcess
 
+        # all of its files under our directory: nothing to find elsewhere afterwards
+        (self.work / "ctd").mkdir()
         self.containerd = ContainerdProcess(
-            plain_http_registries=[self.host], data_dir=self.work / "containerd"
+            plain_http_registries=[self.host],
+            data_dir=self.work / "containerd",
+            sock_dir=self.work / "ctd",
         )
         self.stack.callback(self.containerd.close)
         self.containerd.start()
