@@ -3,21 +3,21 @@
     .venv/bin/python bench/bench_pull.py [--rounds 3] [--size-mb 400] [--json out.json]
 
 Needs Debian's docker-registry; containerd, runc and root for the
-containerd variants and skopeo for its variant (each missing one is
-reported and its variants skipped). Everything lives under one temporary
-directory and a short socket directory under /tmp, removed at the end, on
-Ctrl-C and on SIGTERM.
+containerd variants, skopeo and curl for theirs (a missing one is reported
+and its variants skipped). Everything lives under one short temporary
+directory (containerd's root, state and sockets included), removed at the
+end, on Ctrl-C and on SIGTERM. About three minutes at the defaults.
 
-Set-up: four images of two uncompressed layers (``--size-mb`` in all,
+Set-up: four images of two uncompressed layers (``--size-mb`` MiB in all,
 ``application/vnd.oci.image.layer.v1.tar``, each one file of bytes from
-os.urandom: incompressible, and no layer shared), plus one small image, in
-an OCI layout, pushed to a registry on 127.0.0.1; a containerd with its CRI
-plugin (private root, state and sockets); and two ``crishim serve``
-processes, one with the ``registry-cache`` backend, one with the
-``containerd`` backend (its own containerd namespace, ``unpack: false``:
-what is timed is the fetch, as for ``ctr content fetch``).
+os.urandom: incompressible, and no layer shared), plus one small image,
+pushed to a registry on 127.0.0.1; a containerd with its CRI plugin; and
+two ``crishim serve`` processes, one with the ``registry-cache`` backend,
+one with the ``containerd`` backend (a namespace of its own, ``unpack:
+false``: what is timed is the fetch, as for ``ctr content fetch``).
 
-Each round, in an order that rotates from round to round:
+Each round, in an order that rotates from round to round, after waiting (up
+to ``--settle-s``) for the shared machine to be nearly idle:
 
 Pulls of the first big image, each into fresh content (the image removed
 and its blobs checked gone from disk before every run):
@@ -26,18 +26,26 @@ and its blobs checked gone from disk before every run):
 * ``crishim containerd``: PullImage on the other crishim;
 * ``skopeo copy``: ``docker://`` to a new ``oci:`` layout;
 * ``ctr content fetch``: ``--plain-http``, into containerd;
+* ``python floor``: the least a Python puller does (httpx streaming,
+  hashlib, a file, fsync; a thread per layer), in this process;
+* ``curl > /dev/null``: both layers at once, what the registry serves;
 * ``sha256``: hashlib over the same number of bytes, in memory, in this
-  process (the hashing limit: a verifying pull cannot beat it by much).
+  process, one thread (the hashing limit).
 
-Wall time of each, and the CPU seconds the fetching process, containerd and
-the registry spent on it (/proc; for skopeo and ctr, their own rusage).
+Wall time of each, and the CPU seconds the fetching process, containerd, the
+registry and the rest of the machine spent meanwhile (/proc, rusage).
 
-ImageStatus under load, for crishim (both backends) and containerd's CRI:
-a separate probe process calls ImageStatus on the small image (held by
-every target) every ``--interval-ms``, first idle for ``--idle-s``, then
-while four PullImage calls of the four big images run at once on the same
-server (for containerd: four CRI PullImage, which also unpack); latencies
-are pooled over the rounds. The four images are removed again afterwards.
+ImageStatus under load: a separate probe process calls ImageStatus on the
+small image (held by every server probed) every ``--interval-ms``, first idle
+for ``--idle-s``, then while four PullImage calls of the four big images run
+at once; latencies are pooled over the rounds, and the four images removed
+again afterwards. Probed, with the server the pulls run on:
+
+* crishim registry-cache and crishim containerd, under their own pulls;
+* containerd's CRI under four CRI PullImage (which also unpack);
+* controls under crishim registry-cache's pulls: containerd's CRI, and
+  bench/floor.py (the same grpcio stack as crishim answering a canned
+  reply, in a process of its own).
 
 Targets (issue 12): crishim's pull at most 0.5x containerd's fetch and 2x
 the hashing limit; crishim's loaded ImageStatus p99 at most 3x its idle p99
