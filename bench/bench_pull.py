@@ -390,6 +390,8 @@ class Bench:
     stack: contextlib.ExitStack
     host: str = ""
     registry_url: str = ""
+    #: What the hashing limit hashes: as many incompressible bytes as a pull.
+    sha_data: bytes = b""
     registry_pid: int = 0
     images: list[Image] = field(default_factory=list)
     small: Image | None = None
@@ -425,6 +427,7 @@ class Bench:
             for i in range(count)
         ]
         self.small = build_image(builder, "bench/small", [4096])
+        self.sha_data = os.urandom(self.args.size_mb * MIB)
         registry = self.stack.enter_context(
             RegistryProcess(self.work / "registry", self.work / "registry-run")
         )
@@ -633,7 +636,7 @@ class Bench:
                         c.kill()
                         c.wait()
         else:
-            sha256_pass(self.args.size_mb * MIB)
+            sha256_pass(self.sha_data)
         elapsed = time.perf_counter() - started
         after = (
             fetcher(),
@@ -983,20 +986,13 @@ def python_floor(base: str, image: Image, dest: Path) -> None:
             future.result()
 
 
-def sha256_pass(size: int) -> None:
-    """Hash ``size`` bytes of incompressible data in memory, 1 MiB at a time."""
-    data = memoryview(SHA_DATA[0])
+def sha256_pass(data: bytes) -> None:
+    """Hash ``data`` (in memory) 1 MiB at a time, as a pull's writer is fed."""
+    view = memoryview(data)
     h = hashlib.sha256()
-    done = 0
-    while done < size:
-        n = min(CHUNK, size - done)
-        h.update(data[done % len(data) : done % len(data) + n])
-        done += n
+    for i in range(0, len(view), CHUNK):
+        h.update(view[i : i + CHUNK])
     h.hexdigest()
-
-
-#: The in-memory data the hashing limit reads (as many bytes as a pull).
-SHA_DATA: list[bytes] = [b""]
 
 
 def which(name: str) -> str | None:
@@ -1058,7 +1054,6 @@ def main() -> int:
     with terminated_as_interrupt(), contextlib.ExitStack() as stack:
         work = short_tempdir("crishim-bp-")
         stack.callback(shutil.rmtree, work, ignore_errors=True)
-        SHA_DATA[0] = os.urandom(args.size_mb * MIB)
         bench = Bench(args, work, stack)
         try:
             bench.setup()
