@@ -6,7 +6,7 @@ Needs Debian's docker-registry; containerd, runc and root for the
 containerd variants, skopeo and curl for theirs (a missing one is reported
 and its variants skipped). Everything lives under one short temporary
 directory (containerd's root, state and sockets included), removed at the
-end, on Ctrl-C and on SIGTERM. About three minutes at the defaults.
+end, on Ctrl-C and on SIGTERM. Three to four minutes at the defaults.
 
 Set-up: four images of two uncompressed layers (``--size-mb`` MiB in all,
 ``application/vnd.oci.image.layer.v1.tar``, each one file of bytes from
