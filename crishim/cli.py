@@ -122,6 +122,7 @@ def _redact(value: object, key: str = "") -> object:
 def check_config(config_path: str) -> None:
     """Validate a config file; print the backends in order and the plugins found."""
     settings = _load(config_path)
+    _quiet_plugin_loading()
     app = make_application(settings)
     try:
         plugins = app.plugins()
@@ -161,6 +162,7 @@ def check_config(config_path: str) -> None:
 @main.command("plugins")
 def list_plugins() -> None:
     """List the plugins installed, their backend types, package and version."""
+    _quiet_plugin_loading()
     try:
         pm = load_plugins()
         types = pm.backend_types()
@@ -176,6 +178,12 @@ def list_plugins() -> None:
     for name, ft in sorted(filter_types.items()):
         origin = f"{ft.package} {ft.version}".strip() or "unknown package"
         click.echo(f"  {name}: {origin}" + (f" - {ft.description}" if ft.description else ""))
+
+
+def _quiet_plugin_loading() -> None:
+    """The listing says which plugins failed (and a config error names the one
+    it needs): no log line repeating it on stderr."""
+    logging.getLogger("crishim.manager").setLevel(logging.CRITICAL)
 
 
 def _echo_plugins(infos: Sequence[PluginInfo]) -> None:

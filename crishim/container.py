@@ -43,8 +43,13 @@ def build_backends(
         backend_type = types.get(entry.type)
         if backend_type is None:
             known = ", ".join(sorted(types)) or "none"
+            hint = plugins.missing_type_hint(entry.type)
             problems.append(
-                (f"backends[{i}].type", f"unknown backend type {entry.type!r} (installed: {known})")
+                (
+                    f"backends[{i}].type",
+                    f"unknown backend type {entry.type!r} (installed: {known})"
+                    + (f"; {hint}" if hint else ""),
+                )
             )
             continue
         try:
@@ -96,8 +101,13 @@ def build_filters(settings: Settings, plugins: PluginManager) -> list[FilterHand
         filter_type = types.get(entry.type)
         if filter_type is None:
             known = ", ".join(sorted(types)) or "none"
+            hint = plugins.missing_type_hint(entry.type)
             problems.append(
-                (f"filters[{i}].type", f"unknown filter type {entry.type!r} (installed: {known})")
+                (
+                    f"filters[{i}].type",
+                    f"unknown filter type {entry.type!r} (installed: {known})"
+                    + (f"; {hint}" if hint else ""),
+                )
             )
             continue
         if default:
