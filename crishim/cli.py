@@ -381,10 +381,20 @@ def import_command(config_path: str, name: str | None, quiet: bool, path: Path) 
     help="YAML config file.",
 )
 @click.option("--quiet", "-q", is_flag=True, help="Print image IDs only.")
-def images_command(config_path: str, quiet: bool) -> None:
-    """List the images the configured backends hold, without a server."""
+@click.option(
+    "--debug",
+    is_flag=True,
+    help="Log at debug level (as logging.level: debug does): e.g. which filter hides an image.",
+)
+def images_command(config_path: str, quiet: bool, debug: bool) -> None:
+    """List the images the configured backends hold, without a server.
+
+    Images a filter hides are not listed; with --debug (or logging.level:
+    debug) the log on stderr names each one, the filter and the reason.
+    """
     settings = _load(config_path)
-    logs.configure("warning", settings.logging.format)
+    debug = debug or settings.logging.level == "debug"
+    logs.configure("debug" if debug else "warning", settings.logging.format)
     app = make_application(settings)
     catalog = _catalog(app)
     try:
