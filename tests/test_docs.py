@@ -129,7 +129,12 @@ def test_python_examples_compile(doc: Path) -> None:
 
 @pytest.mark.parametrize(
     "doc",
-    [PLUGINS_MD, HOOKS_MD, ROOT / "examples/crishim-docker-archive/README.md"],
+    [
+        PLUGINS_MD,
+        HOOKS_MD,
+        ROOT / "examples/crishim-docker-archive/README.md",
+        ROOT / "examples/crishim-json-catalog/README.md",
+    ],
     ids=lambda p: str(p.relative_to(ROOT)),
 )
 def test_relative_links_resolve(doc: Path) -> None:
@@ -152,6 +157,20 @@ def test_readme_points_to_the_plugin_docs() -> None:
     readme = (ROOT / "README.md").read_text()
     assert "docs/plugins.md" in readme
     assert "docs/hooks.md" in readme
+
+
+def test_the_quick_start_is_two_commands_installing_what_ci_installs() -> None:
+    """Every example plugin (whose tests are in the suite) is installed by both."""
+    quick = (ROOT / "README.md").read_text().split("## Quick start", 1)[1].split("\n## ", 1)[0]
+    # the first two blocks, one line each (crictl examples may follow)
+    commands = re.findall(r"```sh\n(.*?)```", quick, flags=re.DOTALL)[:2]
+    assert [c.count("\n") for c in commands] == [1, 1], commands
+    readme_install = re.search(r"pip install (.*?) &&", commands[0])
+    ci_install = re.search(r"pip install --quiet (-e .*)", (ROOT / ".ci/run").read_text())
+    assert readme_install is not None and ci_install is not None
+    assert readme_install[1].split() == ci_install[1].split()
+    for example in sorted(ROOT.glob("examples/*/pyproject.toml")):
+        assert f"examples/{example.parent.name}" in readme_install[1].split(), example
 
 
 def test_examples_in_the_docs_are_ruff_formatted() -> None:
