@@ -18,6 +18,9 @@ from crishim.types import BackendType, FilterType
 PROJECT = "crishim"
 
 _hookspec = pluggy.HookspecMarker(PROJECT)
+#: The decorator of hook implementations (``from crishim import hookimpl``):
+#: a function named after a hook of this module, decorated with it, is that
+#: hook's implementation; a misspelt name is reported and its plugin left out.
 hookimpl = pluggy.HookimplMarker(PROJECT)
 
 

@@ -11,6 +11,12 @@ the returned object must follow the :class:`Backend` protocol. Subclassing
 Filters are offered the same way (``crishim_filter_types`` returns
 :class:`FilterType` values); a :class:`Filter` gives each image record a
 :class:`Verdict`.
+
+A backend that pulls also follows :class:`Puller` (and, to load files with
+``crishim import``, :class:`Importer`): the catalog recognises it by its
+``pull_image`` method, asks the first such backend configured, and what
+that backend raises is the pull's answer (docs/plugins.md, "The pulling
+contract").
 """
 
 from __future__ import annotations
@@ -32,16 +38,71 @@ from crishim.reference import Reference
 if TYPE_CHECKING:
     from crishim.registry.puller import ImageSource
 
+__all__ = [
+    "VISIBLE",
+    "Backend",
+    "BackendContext",
+    "BackendOptions",
+    "BackendType",
+    "Filter",
+    "FilterContext",
+    "FilterOptions",
+    "FilterType",
+    "ImportRequest",
+    "Importer",
+    "IndexedBackend",
+    "PullAuth",
+    "PullProgress",
+    "PullRequest",
+    "Puller",
+    "Verdict",
+]
+
 
 class BackendOptions(BaseModel):
-    """Base for a backend type's options; unknown keys are config errors."""
+    """Base for a backend type's options; unknown keys are config errors.
+
+    A pydantic model, frozen: the container validates a configured
+    instance's ``options`` mapping with the type's subclass of it and hands
+    the factory the model. An error names the key:
+    ``backends[0].options.catalog: required key is missing``.
+
+    Example::
+
+        from pydantic import Field
+
+        from crishim.types import BackendOptions
+
+
+        class JsonCatalogOptions(BackendOptions):
+            catalog: str  # required
+            rescan_interval: float = Field(default=2.0, ge=0)
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 @dataclass(frozen=True)
 class BackendContext:
-    """What crishim tells a backend instance about where it runs."""
+    """What crishim tells a backend instance about where it runs.
+
+    The first argument of every backend factory. Tests build one directly
+    to drive a backend without a server.
+
+    Example::
+
+        >>> from pathlib import Path
+        >>> from crishim.model import Platform
+        >>> context = BackendContext(
+        ...     name="catalog", platform=Platform("linux", "amd64"), config_dir=Path("/etc/crishim")
+        ... )
+        >>> context.resolve_path("images.json")
+        PosixPath('/etc/crishim/images.json')
+        >>> context.resolve_path("/srv/images.json")
+        PosixPath('/srv/images.json')
+        >>> context.is_pinned(["docker.io/library/busybox:latest"])
+        False
+    """
 
     #: The instance name from the config file (unique).
     name: str
@@ -76,7 +137,50 @@ class Backend(Protocol):
     Lookups (``get_image``, ``match_id_prefix``) run on every ImageStatus
     call from many threads at once: answer from memory, never from disk or
     network. ``start`` runs once before the server accepts calls and may do
-    I/O; ``close`` runs once at shutdown.
+    I/O (raise :class:`crishim.errors.BackendError` to stop start-up with a
+    message); ``close`` runs once at shutdown. What a method raises on
+    purpose is a :mod:`crishim.errors` error and becomes that status;
+    anything else is a fault, logged with the backend's name, that costs
+    only this backend's answer. Most backends subclass
+    :class:`IndexedBackend` rather than implement this from scratch.
+
+    Example::
+
+        from crishim.errors import ReadOnly
+        from crishim.model import ImageRecord
+        from crishim.reference import RefKind
+        from crishim.types import Backend
+
+        ONE = ImageRecord(id="sha256:" + "ab" * 32, repo_tags=("example.com/one:1",), size=1234)
+
+
+        class OneImage:  # every method of the protocol, for a backend of one image
+            def __init__(self, context, options):
+                self.name = context.name
+
+            def start(self): ...
+
+            def close(self): ...
+
+            def get_image(self, ref):
+                if ref.kind is RefKind.ID:
+                    return ONE if ref.digest == ONE.id else None
+                return ONE if ref.tagged() in ONE.repo_tags else None
+
+            def match_id_prefix(self, prefix):
+                return [ONE.id] if ONE.id.removeprefix("sha256:").startswith(prefix) else []
+
+            def list_images(self):
+                return [ONE]
+
+            def filesystem_usage(self):
+                return ()
+
+            def remove_image(self, record):
+                raise ReadOnly(f"backend {self.name!r} is read-only")
+
+
+        assert issubclass(OneImage, Backend)
     """
 
     def start(self) -> None: ...
@@ -108,7 +212,20 @@ class Backend(Protocol):
 class PullAuth:
     """Credentials from ``PullImageRequest.auth``; never logged or shown.
 
-    ``repr()`` names which fields are set, not their values.
+    ``repr()`` names which fields are set, not their values; a PullAuth
+    with nothing set is false. A pulling backend hands it to
+    :meth:`crishim.registry.client.RegistryClient.session`, which turns it
+    into registry credentials.
+
+    Example::
+
+        >>> auth = PullAuth(username="robot", password="s3cret")
+        >>> auth
+        PullAuth(<username, password>)
+        >>> f"pulling with {auth}"
+        'pulling with PullAuth(<username, password>)'
+        >>> bool(PullAuth())
+        False
     """
 
     username: str = ""
@@ -131,7 +248,24 @@ class PullAuth:
 
 @dataclass(frozen=True)
 class PullRequest:
-    """One PullImage call, as a pulling backend receives it."""
+    """One PullImage call (or ``crishim pull``), as a pulling backend receives it.
+
+    Example::
+
+        import time
+
+        from crishim.errors import Cancelled, DeadlineExceeded
+
+
+        def pull_image(self, request):
+            for layer in self.layers_of(request.ref):
+                if request.cancelled():
+                    raise Cancelled(f"pull of {request.ref} cancelled")
+                if request.deadline is not None and time.monotonic() > request.deadline:
+                    raise DeadlineExceeded(f"pull of {request.ref} ran out of time")
+                self.fetch(layer, request.auth)
+            return self.commit(request.ref)
+    """
 
     ref: Reference
     auth: PullAuth | None = None
@@ -148,7 +282,17 @@ class PullRequest:
 
 @dataclass(frozen=True, slots=True)
 class PullProgress:
-    """Where one blob of a pull stands, as reported to ``PullRequest.progress``."""
+    """Where one blob of a pull stands, as reported to ``PullRequest.progress``.
+
+    crishim's puller reports it for you; a backend fetching blobs its own
+    way reports it itself (``crishim pull`` draws a bar per blob from it).
+
+    Example::
+
+        if request.progress is not None:
+            event = PullProgress(digest, "layer", total=size, done=written, state="downloading")
+            request.progress(event)
+    """
 
     digest: str
     #: ``manifest``, ``config`` or ``layer``
@@ -166,11 +310,30 @@ class PullProgress:
 class Puller(Protocol):
     """A backend that can pull: the catalog asks the first one configured.
 
+    A backend is recognised as pulling by having a ``pull_image`` method
+    (``isinstance(backend, Puller)``); PullImage and ``crishim pull`` go to
+    the first such backend in the configured order, and only to it.
     ``pull_image`` fetches the image the reference names into the backend's
     store and returns its record once it is visible (all blobs committed).
-    It raises the domain errors of :mod:`crishim.errors`: ImageNotFound,
-    PermissionDenied/Unauthenticated, Unavailable, DataLoss,
-    DeadlineExceeded/Cancelled.
+    What it raises is the pull's answer, never passed on to another
+    backend: the domain errors of :mod:`crishim.errors` become their status
+    (ImageNotFound NOT_FOUND, PermissionDenied/Unauthenticated, Unavailable,
+    DataLoss, DeadlineExceeded/Cancelled, and NotSupported
+    FAILED_PRECONDITION); anything else is INTERNAL, logged with the
+    traceback. docs/plugins.md, "The pulling contract", says the rest.
+
+    Example::
+
+        from crishim.registry.client import Deadline
+
+
+        class MyStore(IndexedBackend):
+            def pull_image(self, request):
+                deadline = Deadline(request.deadline, request.cancelled, f"pull {request.ref}")
+                session = self.registry.session(request.ref, request.auth, deadline)
+                plan = self.puller.plan(session, request.ref)
+                self.puller.fetch(session, plan, self.sink, request.progress)
+                return self.commit(request.ref, plan)
     """
 
     def pull_image(self, request: PullRequest) -> ImageRecord: ...
@@ -178,7 +341,15 @@ class Puller(Protocol):
 
 @dataclass(frozen=True)
 class ImportRequest:
-    """One image of a file to load into a backend's store (``crishim import``)."""
+    """One image of a file to load into a backend's store (``crishim import``).
+
+    Example::
+
+        def import_image(self, request):
+            plan = self.puller.plan(request.source, request.ref)
+            self.puller.fetch(request.source, plan, self.sink, request.progress)
+            return self.commit(request.ref, plan)
+    """
 
     #: The name the image gets (a tag or a digest name).
     ref: Reference
@@ -197,6 +368,17 @@ class Importer(Protocol):
     ``import_image`` stores the image ``request.source`` holds, verifying
     every digest, names it ``request.ref`` and returns its record. The
     built-in pulling backends use the same puller and commit as for pulls.
+    ``crishim import`` uses the first configured backend that is one.
+
+    Example::
+
+        class MyStore(IndexedBackend):
+            def pull_image(self, request): ...
+
+            def import_image(self, request): ...
+
+
+        assert issubclass(MyStore, Importer) and issubclass(MyStore, Puller)
     """
 
     def import_image(self, request: ImportRequest) -> ImageRecord: ...
@@ -204,7 +386,25 @@ class Importer(Protocol):
 
 @dataclass(frozen=True)
 class BackendType:
-    """A kind of backend a plugin offers, e.g. ``oci-dir``."""
+    """A kind of backend a plugin offers, e.g. ``oci-dir``.
+
+    What the ``crishim_backend_types`` hook returns. ``package`` and
+    ``version`` are filled in by crishim from the distribution that
+    declares the plugin's entry point (``crishim plugins`` shows them).
+
+    Example::
+
+        @hookimpl
+        def crishim_backend_types():
+            return [
+                BackendType(
+                    name="json-catalog",
+                    factory=JsonCatalogBackend,
+                    options_model=JsonCatalogOptions,
+                    description="images a JSON catalogue names",
+                )
+            ]
+    """
 
     #: The ``type`` used in the config file.
     name: str
@@ -225,6 +425,13 @@ class Verdict:
     A hidden image is absent for ImageStatus (OK, ``image`` unset) and
     RemoveImage (OK, nothing removed); ListImages and StreamImages leave it
     out unless ``listed`` is set.
+
+    Example::
+
+        def check(self, record):
+            if any(tag.endswith(":latest") for tag in record.repo_tags):
+                return Verdict(hidden=True, reason="tagged latest")
+            return VISIBLE
     """
 
     #: True: the CRI must not see the image.
@@ -237,19 +444,35 @@ class Verdict:
     filter: str = ""
 
 
-#: The verdict of a filter that has no objection.
+#: The verdict of a filter that has no objection (one shared object).
 VISIBLE = Verdict()
 
 
 class FilterOptions(BaseModel):
-    """Base for a filter type's options; unknown keys are config errors."""
+    """Base for a filter type's options; unknown keys are config errors.
+
+    Example::
+
+        class NoLatestOptions(FilterOptions):
+            list_hidden: bool = False  # filters[i].options.list_hidden
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 @dataclass(frozen=True)
 class FilterContext:
-    """What crishim tells a filter instance about where it runs."""
+    """What crishim tells a filter instance about where it runs.
+
+    The first argument of every filter factory.
+
+    Example::
+
+        class Allowlist:
+            def __init__(self, context, options):
+                path = context.config_dir / options.file  # relative to the config file
+                self.allowed = frozenset(path.read_text().split())
+    """
 
     #: The instance name from the config file (unique among filters).
     name: str
@@ -263,7 +486,19 @@ class Filter(Protocol):
 
     ``check`` is called once per image record (records are immutable; the
     verdict is kept with the record), from any thread. It must not do I/O:
-    judge from the record alone.
+    judge from the record alone. A ``check`` that raises, or returns
+    something else than a :class:`Verdict`, hides the record.
+
+    Example::
+
+        class NoLatest:
+            def __init__(self, context, options):
+                self.list_hidden = options.list_hidden
+
+            def check(self, record):
+                if any(tag.endswith(":latest") for tag in record.repo_tags):
+                    return Verdict(hidden=True, reason="tagged latest", listed=self.list_hidden)
+                return VISIBLE
     """
 
     def check(self, record: ImageRecord) -> Verdict: ...
@@ -271,7 +506,16 @@ class Filter(Protocol):
 
 @dataclass(frozen=True)
 class FilterType:
-    """A kind of filter a plugin offers, e.g. ``embedded-filter``."""
+    """A kind of filter a plugin offers, e.g. ``embedded-filter``.
+
+    What the ``crishim_filter_types`` hook returns.
+
+    Example::
+
+        @hookimpl
+        def crishim_filter_types():
+            return [FilterType(name="no-latest", factory=NoLatest, options_model=NoLatestOptions)]
+    """
 
     #: The ``type`` used in the config file's ``filters`` list.
     name: str
@@ -296,7 +540,23 @@ class IndexedBackend:
     Subclasses implement :meth:`start` to build records and call
     :meth:`publish`; lookups, listing and the Backend protocol's defaults
     come from here. ``publish`` may be called again at any time from any
-    thread: readers see the old index or the new one.
+    thread: readers see the old index or the new one. The defaults:
+    ``filesystem_usage`` reports nothing, ``remove_image`` refuses with
+    :class:`crishim.errors.NotSupported` (FAILED_PRECONDITION); ``name``
+    is the instance's config name.
+
+    Example::
+
+        class JsonCatalog(IndexedBackend):
+            def __init__(self, context, options):
+                super().__init__(context)
+                self.path = context.resolve_path(options.path)
+
+            def start(self):  # once, before the server accepts calls: I/O is fine here
+                self.publish(read_records(self.path))
+
+            def remove_image(self, record):
+                raise ReadOnly(f"backend {self.name!r} is read-only")
     """
 
     def __init__(self, context: BackendContext) -> None:
@@ -307,9 +567,11 @@ class IndexedBackend:
 
     @property
     def index(self) -> ImageIndex:
+        """The index published last (an empty one before the first ``publish``)."""
         return self._index
 
     def publish(self, records: Iterable[ImageRecord] | ImageIndex) -> None:
+        """Replace the index, from records (one per image; names merged by ID) or a built one."""
         index = records if isinstance(records, ImageIndex) else ImageIndex(records)
         with self._publish_lock:
             self._index = index

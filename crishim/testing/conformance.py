@@ -112,7 +112,22 @@ _ABSENT_NAMES: tuple[str, ...] = (
 
 @dataclass(frozen=True)
 class ExpectedImage:
-    """One image the backend serves, as the CRI must report it."""
+    """One image the backend serves, as the CRI must report it.
+
+    Example::
+
+        from crishim.testing.ocibuild import LayoutBuilder
+
+        builder = LayoutBuilder(root / "store")
+        app = builder.image(user="1000", name="app")
+        expected = ExpectedImage(
+            id=app.id,
+            repo_tags=["example.com/app:1.0"],  # normalised, as the CRI reports them
+            repo_digests=[f"example.com/app@{app.manifest.digest}"],
+            user="1000",
+            size=app.size,  # crishim's rule: manifest + config + layers
+        )
+    """
 
     #: ``sha256:<hex>`` (the config digest).
     id: str
@@ -135,7 +150,18 @@ class ExpectedImage:
 
 @dataclass(frozen=True)
 class ContractSetup:
-    """What ``cri_setup`` returns: the config and what it must serve."""
+    """What ``cri_setup`` returns: the config and what it must serve.
+
+    Example::
+
+        ContractSetup(
+            backends=[{"name": "c", "type": "json-catalog", "options": {"catalog": "c.json"}}],
+            images=[ExpectedImage(id=app_id, repo_tags=["example.com/app:1.0"], size=1234)],
+            hidden=["example.com/embedded/app:1.0"],
+            config={"platform": {"os": "linux", "architecture": "amd64"}},
+            base_dir=root,
+        )
+    """
 
     #: The ``backends`` list of the config.
     backends: Sequence[Mapping[str, Any]]
@@ -155,7 +181,17 @@ class ContractSetup:
 
 @dataclass(frozen=True)
 class ContractRun:
-    """A server started for a setup."""
+    """A server started for a setup: what the kit's fixtures give each check.
+
+    Example::
+
+        class TestMine(CriContract):
+            def cri_setup(self, root): ...
+
+            def test_my_own_check(self, cri_contract):  # the class's shared server
+                for expected in cri_contract.setup.images:
+                    assert cri_contract.shim.status(expected.id).HasField("image")
+    """
 
     setup: ContractSetup
     shim: RunningShim
@@ -187,14 +223,44 @@ def _expected_user(user: str) -> tuple[int | None, str]:
 
 
 class CriContract:
-    """Subclass as ``Test<Something>`` and implement :meth:`cri_setup`."""
+    """Subclass as ``Test<Something>`` and implement :meth:`cri_setup`.
+
+    pytest collects the subclass's inherited ``test_*`` checks (listed in
+    this module's docstring). ``cri_contract`` is the class's shared server
+    (checks that change nothing); ``cri_fresh_contract`` a server of the
+    test's own over a fresh ``cri_setup`` (removals). Add checks of your
+    own as methods taking either fixture.
+
+    Example::
+
+        from crishim.testing.conformance import ContractSetup, CriContract, ExpectedImage
+
+
+        class TestJsonCatalog(CriContract):
+            removable = False  # RemoveImage must be FAILED_PRECONDITION
+
+            def cri_setup(self, root):
+                images = write_store_and_catalogue(root)  # your data, under root
+                return ContractSetup(
+                    backends=[{"name": "c", "type": "json-catalog", "options": {"store": "store"}}],
+                    images=[ExpectedImage(id=i.id, repo_tags=i.tags, size=i.size) for i in images],
+                    base_dir=root,
+                )
+
+            def cri_teardown(self, setup):
+                stop_what_cri_setup_started(setup)  # if anything
+    """
 
     #: The backend removes images (RemoveImage semantics are checked);
     #: False: removal must be refused with FAILED_PRECONDITION.
     removable: bool = False
 
     def cri_setup(self, root: Path) -> ContractSetup:
-        """Write the backend's data under ``root``; say how to serve it and what it holds."""
+        """Write the backend's data under ``root``; say how to serve it and what it holds.
+
+        Called once for the class's shared server and once more, with a
+        fresh ``root``, for each test that removes images.
+        """
         raise NotImplementedError("a CriContract subclass implements cri_setup(root)")
 
     def cri_teardown(self, setup: ContractSetup) -> None:

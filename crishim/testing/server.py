@@ -28,10 +28,33 @@ from crishim.container import Application, make_application
 from crishim.cri.runtime.v1 import api_pb2, api_pb2_grpc
 from crishim.server import Server
 
+__all__ = ["SHORT_TEMPDIR_LIMIT", "RunningShim", "running_server", "short_tempdir"]
+
 
 @dataclass
 class RunningShim:
-    """A started server and client stubs connected to it."""
+    """A started server and client stubs connected to it.
+
+    ``images`` is the generated CRI client (``crishim.cri.runtime.v1``
+    ``ImageServiceStub``) on the server's socket, for any call; the methods
+    below are the common ones, each with a 30 s deadline, raising
+    ``grpc.RpcError`` on a non-OK status (``exc.code()``,
+    ``exc.details()``). ``catalog`` is the server's catalog: its
+    ``backends`` hold the backend objects, for checks from inside.
+
+    Example::
+
+        import grpc
+
+        with running_server(config) as shim:
+            image = shim.status("example.com/app:1.0").image
+            assert image.uid.value == 1000
+            assert [i.id for i in shim.list("example.com/app:1.0")] == [image.id]
+            try:
+                shim.remove("example.com/app:1.0")
+            except grpc.RpcError as exc:
+                assert exc.code() is grpc.StatusCode.FAILED_PRECONDITION
+    """
 
     app: Application
     server: Server
@@ -47,23 +70,49 @@ class RunningShim:
         return cast(api_pb2.ImageStatusResponse, self.images.ImageStatus(request, timeout=30))
 
     def list(self, ref: str = "") -> list[api_pb2.Image]:
+        """ListImages, with ``ref`` as the filter when given."""
         request = api_pb2.ListImagesRequest()
         if ref:
             request.filter.image.image = ref
         return list(self.images.ListImages(request, timeout=30).images)
 
     def remove(self, ref: str) -> api_pb2.RemoveImageResponse:
+        """RemoveImage of ``ref``; an absent image is OK, as the CRI says."""
         request = api_pb2.RemoveImageRequest(image=api_pb2.ImageSpec(image=ref))
         return cast(api_pb2.RemoveImageResponse, self.images.RemoveImage(request, timeout=30))
 
     def fsinfo(self) -> api_pb2.ImageFsInfoResponse:
+        """ImageFsInfo: ``image_filesystems`` has one entry per mountpoint."""
         response = self.images.ImageFsInfo(api_pb2.ImageFsInfoRequest(), timeout=30)
         return cast(api_pb2.ImageFsInfoResponse, response)
 
 
+#: The longest TMPDIR :func:`short_tempdir` uses (a socket path has 107 bytes).
+SHORT_TEMPDIR_LIMIT = 48
+
+
 def short_tempdir(prefix: str = "crishim-") -> Path:
-    """A directory with a path short enough for a unix socket inside it."""
-    return Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    """A new directory under ``/tmp``, short enough for a unix socket inside it.
+
+    A socket path is limited to 107 bytes, which pytest's ``tmp_path`` can
+    exceed; the caller removes the directory (``shutil.rmtree``). The
+    directory is made in ``TMPDIR`` when that path is short enough
+    (:data:`SHORT_TEMPDIR_LIMIT` characters), else in ``/tmp``.
+
+    Example::
+
+        import shutil
+
+        root = short_tempdir()
+        try:
+            start_my_daemon(socket=root / "daemon.sock")
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
+    """
+    base = tempfile.gettempdir()
+    return Path(
+        tempfile.mkdtemp(prefix=prefix, dir=base if len(base) <= SHORT_TEMPDIR_LIMIT else "/tmp")
+    )
 
 
 @contextlib.contextmanager
@@ -75,60 +124,96 @@ def running_server(
     grace: float = 1.0,
     overrides: Mapping[str, object] | None = None,
 ) -> Iterator[RunningShim]:
-    """Build crishim from a config mapping, serve it, yield client stubs.
+    """Build crishim from a config mapping, serve it, yield a :class:`RunningShim`.
 
-    ``server.listen`` is replaced by a fresh temporary socket. Plugins from
-    ``extra_plugins`` are registered next to the installed ones (useful for
-    a plugin under test that is not installed). ``overrides`` replaces
-    container providers by name with fixed objects, e.g.
-    ``{"span_exporter": InMemorySpanExporter()}``. On exit the server
-    stops, the catalog closes and the container's resources shut down
-    (spans and metrics still held are exported).
+    * ``config``: what a config file holds, as a mapping (``backends``,
+      ``filters``, ``platform``, ...), validated as a file would be.
+      ``server.listen`` is replaced by a fresh socket in a temporary
+      directory; ``state_dir`` defaults to one there too.
+    * ``base_dir``: where relative paths in the config resolve (the
+      directory a config file would be in); default: the current directory.
+    * ``extra_plugins``: ``(name, plugin)`` pairs registered next to the
+      installed plugins, for a plugin under test that is not installed
+      (a module, or an object whose methods are hook implementations).
+    * ``grace``: seconds in-flight calls get when the server stops.
+    * ``overrides``: container providers replaced by name with fixed
+      objects, e.g. ``{"span_exporter": InMemorySpanExporter()}``.
+
+    Every backend's ``start`` has run when the stubs are yielded. On exit
+    the server stops, the catalog closes (every backend's ``close``), the
+    container's resources shut down (spans and metrics still held are
+    exported) and the temporary directory is removed.
+
+    Raises, before yielding: :class:`crishim.config.ConfigError` for an
+    invalid config or options (its message names the key, e.g.
+    ``backends[0].options.path: required key is missing``) or an unknown
+    type; :class:`crishim.manager.PluginError` when plugins contradict
+    each other, or one fails to load under ``plugins.strict``; whatever a
+    backend's ``start`` raises (:class:`crishim.errors.BackendError` by
+    convention); ``grpc.FutureTimeoutError`` if the server does not answer
+    within 10 s.
+
+    Example::
+
+        from crishim.testing.server import running_server
+
+        config = {"backends": [{"name": "mine", "type": "my-type", "options": {"path": "data"}}]}
+        with running_server(config, base_dir=tmp_path, extra_plugins=[("mine", my_plugin)]) as shim:
+            assert shim.status("example.com/app:1.0").HasField("image")
     """
     sockdir = short_tempdir()
-    data = dict(config)
-    data["server"] = {**dict(config.get("server", {})), "listen": f"unix://{sockdir}/crishim.sock"}
-    data.setdefault("state_dir", str(sockdir / "state"))
-    settings = parse_settings(data, source="<test config>", base_dir=base_dir)
-    app = make_application(settings)
-    if extra_plugins:
-        from dependency_injector import providers
-
-        from crishim.manager import load_plugins
-
-        app.plugins.override(
-            providers.ThreadSafeSingleton(
-                load_plugins,
-                disabled=settings.plugins.disabled,
-                strict=settings.plugins.strict,
-                extra=list(extra_plugins),
-            )
-        )
-    for name, value in (overrides or {}).items():
-        from dependency_injector import providers
-
-        getattr(app, name).override(providers.Object(value))
-    catalog = app.catalog()
-    catalog.start()
-    server = app.server()
-    channel: grpc.Channel | None = None
     try:
-        server.start()
-        channel = grpc.insecure_channel(f"unix:{settings.socket_path}")
-        grpc.channel_ready_future(channel).result(timeout=10)
-        yield RunningShim(
-            app=app,
-            server=server,
-            catalog=catalog,
-            socket_path=settings.socket_path,
-            channel=channel,
-            images=api_pb2_grpc.ImageServiceStub(channel),
-            health=health_pb2_grpc.HealthStub(channel),
-        )
+        data = dict(config)
+        listen = f"unix://{sockdir}/crishim.sock"
+        data["server"] = {**dict(config.get("server", {})), "listen": listen}
+        data.setdefault("state_dir", str(sockdir / "state"))
+        settings = parse_settings(data, source="<test config>", base_dir=base_dir)
+        app = make_application(settings)
+        try:
+            if extra_plugins:
+                from dependency_injector import providers
+
+                from crishim.manager import load_plugins
+
+                app.plugins.override(
+                    providers.ThreadSafeSingleton(
+                        load_plugins,
+                        disabled=settings.plugins.disabled,
+                        strict=settings.plugins.strict,
+                        extra=list(extra_plugins),
+                    )
+                )
+            for name, value in (overrides or {}).items():
+                from dependency_injector import providers
+
+                getattr(app, name).override(providers.Object(value))
+            catalog = app.catalog()
+            try:
+                # a backend whose start raises still gets its close, and so
+                # do the ones started before it
+                catalog.start()
+                server = app.server()
+                channel: grpc.Channel | None = None
+                try:
+                    server.start()
+                    channel = grpc.insecure_channel(f"unix:{settings.socket_path}")
+                    grpc.channel_ready_future(channel).result(timeout=10)
+                    yield RunningShim(
+                        app=app,
+                        server=server,
+                        catalog=catalog,
+                        socket_path=settings.socket_path,
+                        channel=channel,
+                        images=api_pb2_grpc.ImageServiceStub(channel),
+                        health=health_pb2_grpc.HealthStub(channel),
+                    )
+                finally:
+                    if channel is not None:
+                        channel.close()
+                    server.stop(grace)
+            finally:
+                catalog.close()
+        finally:
+            app.shutdown_resources()
     finally:
-        if channel is not None:
-            channel.close()
-        server.stop(grace)
-        catalog.close()
-        app.shutdown_resources()
         shutil.rmtree(sockdir, ignore_errors=True)
