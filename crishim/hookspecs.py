@@ -41,9 +41,9 @@ def crishim_backend_types() -> Iterable[BackendType]:  # type: ignore[empty-body
         def crishim_backend_types():
             return [
                 BackendType(
-                    name="json-catalog",
-                    factory=JsonCatalog,
-                    options_model=JsonCatalogOptions,
+                    name="json-images",
+                    factory=JsonImages,
+                    options_model=JsonImagesOptions,
                 )
             ]
     """

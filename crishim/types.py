@@ -547,7 +547,7 @@ class IndexedBackend:
 
     Example::
 
-        class JsonCatalog(IndexedBackend):
+        class JsonImages(IndexedBackend):
             def __init__(self, context, options):
                 super().__init__(context)
                 self.path = context.resolve_path(options.path)
