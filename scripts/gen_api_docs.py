@@ -17,7 +17,6 @@ no entry, no docstring or no example, or when this page is stale.
 
 from __future__ import annotations
 
-import argparse
 import ast
 import dataclasses
 import enum
@@ -425,24 +424,7 @@ def render() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument(
-        "--check", action="store_true", help="exit 1 if docs/api-reference.md is stale"
-    )
-    args = parser.parse_args(argv)
-    text = render()
-    if args.check:
-        current = OUTPUT.read_text() if OUTPUT.exists() else ""
-        if current != text:
-            print(
-                f"{OUTPUT.relative_to(REPO_ROOT)} is stale: run scripts/gen_api_docs.py",
-                file=sys.stderr,
-            )
-            return 1
-        return 0
-    OUTPUT.write_text(text)
-    print(f"wrote {OUTPUT.relative_to(REPO_ROOT)}")
-    return 0
+    return int(HOOK_DOCS.write_or_check(OUTPUT, render(), "scripts/gen_api_docs.py", argv))
 
 
 if __name__ == "__main__":

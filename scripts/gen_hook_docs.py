@@ -135,25 +135,26 @@ def render() -> str:
     return "\n".join(parts).rstrip("\n") + "\n"
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def write_or_check(output: Path, text: str, script: str, argv: list[str] | None) -> int:
+    """The command line both doc generators share: write ``output``, or ``--check`` it."""
+    parser = argparse.ArgumentParser(description=f"write (or, with --check, verify) {output.name}")
     parser.add_argument(
-        "--check", action="store_true", help="exit 1 if docs/hooks.md is not what it would write"
+        "--check", action="store_true", help=f"exit 1 if {output.name} is not what it would write"
     )
     args = parser.parse_args(argv)
-    text = render()
     if args.check:
-        current = OUTPUT.read_text() if OUTPUT.exists() else ""
+        current = output.read_text() if output.exists() else ""
         if current != text:
-            print(
-                f"{OUTPUT.relative_to(REPO_ROOT)} is stale: run scripts/gen_hook_docs.py",
-                file=sys.stderr,
-            )
+            print(f"{output.relative_to(REPO_ROOT)} is stale: run {script}", file=sys.stderr)
             return 1
         return 0
-    OUTPUT.write_text(text)
-    print(f"wrote {OUTPUT.relative_to(REPO_ROOT)}")
+    output.write_text(text)
+    print(f"wrote {output.relative_to(REPO_ROOT)}")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return write_or_check(OUTPUT, render(), "scripts/gen_hook_docs.py", argv)
 
 
 if __name__ == "__main__":

@@ -25,13 +25,12 @@ import logging
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 
 from pydantic import Field
 
 from crishim.errors import BackendError, ReadOnly
 from crishim.model import FilesystemUsage, ImageRecord
-from crishim.oci.layout import Layout, measure
+from crishim.oci.layout import Layout, file_identity, measure
 from crishim.oci.resolve import BrokenEntry, MissingBlob, Resolver
 from crishim.oci.spec import CONTAINERD_NAME
 from crishim.types import BackendContext, BackendOptions, IndexedBackend
@@ -52,14 +51,6 @@ class JsonCatalogOptions(BackendOptions):
     store: str
     #: Seconds between checks of the catalogue for changes; 0: read once at start.
     rescan_interval: float = Field(default=2.0, ge=0)
-
-
-def _identity(path: Path) -> tuple[int, int, int] | None:
-    try:
-        st = path.stat()
-    except OSError:
-        return None
-    return (st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 class JsonCatalogBackend(IndexedBackend):
@@ -112,7 +103,7 @@ class JsonCatalogBackend(IndexedBackend):
         published before stays).
         """
         with self._lock:
-            identity = _identity(self.catalog)
+            identity = file_identity(self.catalog)
             if identity is not None and identity == self._read:
                 return False
             started = time.monotonic()
