@@ -38,6 +38,27 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
+def _records(value: object) -> bool:
+    return isinstance(value, list) and all(isinstance(r, ImageRecord) for r in value)
+
+
+#: What each Backend call must answer; anything else costs the backend's answer.
+_SHAPES: dict[str, Callable[[Any], bool]] = {
+    "get_image": lambda r: r is None or isinstance(r, ImageRecord),
+    "match_id_prefix": lambda r: isinstance(r, list | tuple) and all(isinstance(i, str) for i in r),
+    "list_images": _records,
+    "filesystem_usage": lambda r: (
+        isinstance(r, list) and all(isinstance(u, FilesystemUsage) for u in r)
+    ),
+}
+
+
+def _shape_of(value: object) -> str:
+    if isinstance(value, list | tuple) and value:
+        return f"a {type(value).__name__} holding {type(value[0]).__name__}"
+    return f"a {type(value).__name__}"
+
+
 @dataclass(frozen=True)
 class BackendHandle:
     """A configured backend instance: its config name, its type, the object."""
@@ -226,6 +247,11 @@ class Catalog:
         timeout_workers: int = 4,
     ) -> None:
         self.backends = tuple(backends)
+        #: Every configured backend, started or not (closed at the end).
+        self._all = self.backends
+        #: Backends whose start failed, with the reason; left out of routing.
+        self.failed: dict[str, str] = {}
+        self._complaints: set[tuple[str, str, str]] = set()
         self.pinned = pinned or PinnedPolicy()
         self.fail_on_backend_error = fail_on_backend_error
         #: A child span and an outcome count per plugin call; None: neither (no cost).
@@ -242,11 +268,35 @@ class Catalog:
     # -- lifecycle -------------------------------------------------------
 
     def start(self) -> None:
+        """Start every backend; one that fails costs its own answers, not the others'.
+
+        A backend whose ``start`` raises is logged and left out of routing
+        (``self.failed`` says why). Only when every backend failed does the
+        first failure end the start-up: there would be nothing to serve.
+        """
+        self._all = self.backends
+        started: list[BackendHandle] = []
+        first: Exception | None = None
         for handle in self.backends:
-            handle.backend.start()
+            try:
+                handle.backend.start()
+            except Exception as exc:
+                first = first or exc
+                self.failed[handle.name] = str(exc) or type(exc).__name__
+                log.error(
+                    "backend %s (type %s) failed to start and is left out: %s",
+                    handle.name,
+                    handle.type,
+                    self.failed[handle.name],
+                )
+                continue
+            started.append(handle)
+        if not started and first is not None:
+            raise first
+        self.backends = tuple(started)
 
     def close(self) -> None:
-        for handle in reversed(self.backends):
+        for handle in reversed(self._all):
             try:
                 handle.backend.close()
             except Exception:
@@ -318,6 +368,10 @@ class Catalog:
                     )
         return list(by_mount.values())
 
+    def pulling_backend(self) -> str:
+        """The name of the backend PullImage goes to ("" when none pulls)."""
+        return next((h.name for h in self.backends if isinstance(h.backend, Puller)), "")
+
     def pull_image(self, request: PullRequest) -> Answer:
         """Pull through the first backend that can; answer as ImageStatus would.
 
@@ -331,6 +385,10 @@ class Catalog:
                 record: ImageRecord = self._traced(
                     handle, "pull_image", methodcaller("pull_image", request)
                 )
+                if not isinstance(record, ImageRecord):
+                    raise BackendError(
+                        handle.name, f"pull_image answered {_shape_of(record)}, not an ImageRecord"
+                    )
                 answer = self.image_status(_id_ref(record.id))
                 if answer is None and self.filters is not None:
                     verdict = self.filters.verdict(record)
@@ -418,14 +476,43 @@ class Catalog:
         if self.telemetry is not None:
             fn = self.telemetry.wrap(handle.name, handle.type, what, fn)
         try:
-            return fn(handle.backend) if handle.timeout is None else self._timed_call(handle, fn)
+            result = fn(handle.backend) if handle.timeout is None else self._timed_call(handle, fn)
         except CrishimError:
             raise
         except Exception as exc:
             if self.fail_on_backend_error:
                 raise BackendError(handle.name, f"{what} failed: {exc!r}") from exc
-            log.exception("backend %s: %s failed; asking the next backend", handle.name, what)
+            self._complain(handle, what, f"failed: {exc!r}", exc)
             return None
+        if _SHAPES[what](result):
+            return result
+        # a wrong answer costs this backend's answer, never the call
+        problem = f"answered {_shape_of(result)}, not what {what} returns"
+        if self.fail_on_backend_error:
+            raise BackendError(handle.name, f"{what} {problem}")
+        self._complain(handle, what, problem)
+        return None
+
+    def _complain(
+        self, handle: BackendHandle, what: str, problem: str, exc: Exception | None = None
+    ) -> None:
+        """Log a backend's failure once per (backend, call, problem); then at debug level.
+
+        A backend failing on every call must not grow the log with every call.
+        """
+        key = (handle.name, what, problem)
+        first = key not in self._complaints
+        if first and len(self._complaints) < 1000:
+            self._complaints.add(key)
+        log.log(
+            logging.ERROR if first else logging.DEBUG,
+            "backend %s: %s %s; asking the next backend%s",
+            handle.name,
+            what,
+            problem,
+            "" if first else " (logged before)",
+            exc_info=exc if first else None,
+        )
 
     def _timed_call(self, handle: BackendHandle, fn: Callable[[Backend], T]) -> T:
         """``fn(handle.backend)`` on the backend's pool, waiting at most its timeout."""

@@ -21,6 +21,8 @@ from crishim.model import Platform, host_platform
 MiB = 1024 * 1024
 DEFAULT_MESSAGE_SIZE = 16 * MiB
 DEFAULT_LISTEN = "unix:///run/crishim/crishim.sock"
+#: The status endpoint's socket, beside the CRI socket unless configured.
+STATUS_SOCKET_NAME = "crishim-status.sock"
 _NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9_-]{0,62})$")
 
 
@@ -53,10 +55,18 @@ class ServerSettings(_Model):
     #: Threads serving calls; ImageStatus is answered from memory, so few suffice.
     workers: int = Field(default=4, ge=1, le=256)
     #: PullImage calls running at once; each has a thread of its own on top
-    #: of ``workers``, so pulls never starve ImageStatus. One more is refused
-    #: with RESOURCE_EXHAUSTED (kubelet retries); keep kubelet's
-    #: maxParallelImagePulls at or below this.
+    #: of ``workers``, so pulls never starve ImageStatus. More wait in a queue.
     max_concurrent_pulls: int = Field(default=4, ge=1, le=64)
+    #: Pulls that may wait for a slot (first in, first out per registry,
+    #: registries in turn); one more is refused with RESOURCE_EXHAUSTED.
+    max_queued_pulls: int = Field(default=64, ge=0, le=1024)
+    #: A pull running longer than this many seconds is logged once, at INFO,
+    #: with its progress.
+    slow_pull_seconds: float = Field(default=60.0, gt=0)
+    #: The status endpoint (``GET /pulls``, read by ``crishim pulls``):
+    #: ``unix:///path`` (relative: to the config file); unset: beside the CRI
+    #: socket as ``crishim-status.sock``; ``""``: none.
+    status_listen: str | None = None
     #: Mode of the socket file.
     socket_mode: int = 0o660
 
@@ -76,6 +86,13 @@ class ServerSettings(_Model):
     def _mode_range(cls, value: int) -> int:
         if not 0 <= value <= 0o777:
             raise ValueError("must be a file mode between 0o000 and 0o777")
+        return value
+
+    @field_validator("status_listen")
+    @classmethod
+    def _status_unix(cls, value: str | None) -> str | None:
+        if value:
+            return cls._unix_only(value)
         return value
 
     @field_validator("listen")
@@ -305,6 +322,17 @@ class Settings(_Model):
     def socket_path(self) -> Path:
         raw = self.server.listen.removeprefix("unix://")
         path = Path(raw).expanduser()
+        return path if path.is_absolute() else (self.base_dir / path).resolve()
+
+    @property
+    def status_socket_path(self) -> Path | None:
+        """Where the status endpoint listens (None: nowhere)."""
+        listen = self.server.status_listen
+        if listen is None:
+            return self.socket_path.parent / STATUS_SOCKET_NAME
+        if not listen:
+            return None
+        path = Path(listen.removeprefix("unix://")).expanduser()
         return path if path.is_absolute() else (self.base_dir / path).resolve()
 
     @property

@@ -9,6 +9,7 @@ imports dependency-injector; tests swap a provider with ``.override()``.
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 from dependency_injector import containers, providers
 from opentelemetry import trace
@@ -19,8 +20,10 @@ from crishim import metrics, tracing
 from crishim.catalog import BackendHandle, Catalog, FilterHandle, PinnedPolicy
 from crishim.config import ConfigError, FilterSettings, Settings
 from crishim.manager import PluginError, PluginManager, load_plugins
+from crishim.pulls import PullBoard
 from crishim.server import Server
 from crishim.service import ImageService
+from crishim.status import StatusEndpoint
 from crishim.types import Backend, BackendContext, FilterContext
 
 log = logging.getLogger(__name__)
@@ -133,6 +136,13 @@ def build_filters(settings: Settings, plugins: PluginManager) -> list[FilterHand
     return handles
 
 
+def status_endpoint(path: Path | None, board: PullBoard, mode: int) -> StatusEndpoint | None:
+    """The status endpoint over the pull board, or None when it is turned off."""
+    if path is None:
+        return None
+    return StatusEndpoint(path, {"/pulls": board.snapshot}, mode)
+
+
 class Application(containers.DeclarativeContainer):
     """The whole shim, wired from ``settings``."""
 
@@ -203,12 +213,28 @@ class Application(containers.DeclarativeContainer):
         timeout_workers=settings.provided.server.workers,
     )
 
+    board = providers.ThreadSafeSingleton(
+        PullBoard,
+        running=settings.provided.server.max_concurrent_pulls,
+        queued=settings.provided.server.max_queued_pulls,
+        slow_after=settings.provided.server.slow_pull_seconds,
+        meter_provider=meter_provider,
+    )
+
     service = providers.ThreadSafeSingleton(
         ImageService,
         catalog=catalog,
         max_send_message_size=settings.provided.server.max_send_message_size,
         stream_batch_bytes=settings.provided.server.stream_batch_bytes,
         max_concurrent_pulls=settings.provided.server.max_concurrent_pulls,
+        board=board,
+    )
+
+    status = providers.ThreadSafeSingleton(
+        status_endpoint,
+        settings.provided.status_socket_path,
+        board,
+        settings.provided.server.socket_mode,
     )
 
     server = providers.ThreadSafeSingleton(
@@ -216,7 +242,13 @@ class Application(containers.DeclarativeContainer):
         servicer=service,
         socket_path=settings.provided.socket_path,
         workers=settings.provided.server.workers,
-        pull_workers=settings.provided.server.max_concurrent_pulls,
+        # a thread for every pull running or queued, on top of the workers
+        pull_workers=providers.Callable(
+            int.__add__,
+            settings.provided.server.max_concurrent_pulls,
+            settings.provided.server.max_queued_pulls,
+        ),
+        status=status,
         max_recv_message_size=settings.provided.server.max_recv_message_size,
         max_send_message_size=settings.provided.server.max_send_message_size,
         socket_mode=settings.provided.server.socket_mode,

@@ -47,9 +47,26 @@ class ImageIndex:
 
     def __init__(self, records: Iterable[ImageRecord] = ()) -> None:
         by_id: dict[str, ImageRecord] = {}
+        # names of images known more than once, gathered first and merged once:
+        # one image under 100,000 names costs linear time, not quadratic
+        extra: dict[str, tuple[dict[str, None], dict[str, None]]] = {}
         for record in records:
             previous = by_id.get(record.id)
-            by_id[record.id] = record if previous is None else merge_records(previous, record)
+            if previous is None:
+                by_id[record.id] = record
+                continue
+            names = extra.get(record.id)
+            if names is None:
+                names = extra[record.id] = (
+                    dict.fromkeys(previous.repo_tags),
+                    dict.fromkeys(previous.repo_digests),
+                )
+            names[0].update(dict.fromkeys(record.repo_tags))
+            names[1].update(dict.fromkeys(record.repo_digests))
+        for image_id, (tags, digests) in extra.items():
+            first = by_id[image_id]
+            if len(tags) != len(first.repo_tags) or len(digests) != len(first.repo_digests):
+                by_id[image_id] = replace(first, repo_tags=tuple(tags), repo_digests=tuple(digests))
         by_tag: dict[str, ImageRecord] = {}
         by_digest: dict[str, ImageRecord] = {}
         for record in by_id.values():

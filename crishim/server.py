@@ -25,6 +25,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from crishim.service import ImageService, add_image_service
+from crishim.status import StatusEndpoint
 
 log = logging.getLogger(__name__)
 
@@ -77,9 +78,12 @@ class Server:
         max_send_message_size: int = 16 * 1024 * 1024,
         socket_mode: int = 0o660,
         interceptors: Sequence[grpc.ServerInterceptor] = (),
+        status: StatusEndpoint | None = None,
     ) -> None:
         self.socket_path = socket_path
         self.socket_mode = socket_mode
+        #: The status endpoint, started and stopped with the CRI socket.
+        self.status = status
         self.health = health.HealthServicer()
         self._stopped = threading.Event()
         self._socket_inode: int | None = None
@@ -99,13 +103,25 @@ class Server:
 
     def start(self) -> None:
         prepare_socket_path(self.socket_path)
+        # bind(2) creates the socket file with the process's umask: make that
+        # give socket_mode, so the socket is never, even briefly, more open
+        # (the umask is process-wide; meanwhile it only makes new files stricter)
+        previous = os.umask(0o777 & ~self.socket_mode)
         try:
             self._grpc.add_insecure_port(f"unix:{self.socket_path}")
         except RuntimeError as exc:
             raise SocketError(f"cannot listen on {self.socket_path}: {exc}") from exc
+        finally:
+            os.umask(previous)
         self._grpc.start()
         os.chmod(self.socket_path, self.socket_mode)
         self._socket_inode = self.socket_path.stat().st_ino
+        if self.status is not None:
+            try:
+                self.status.start()
+            except OSError as exc:
+                log.warning("no status endpoint at %s: %s", self.status.path, exc.strerror)
+                self.status = None
         for name in ("", SERVICE_NAME):
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         log.info("serving %s on unix://%s", SERVICE_NAME, self.socket_path)
@@ -118,6 +134,8 @@ class Server:
         self.health.enter_graceful_shutdown()
         log.info("stopping: in-flight calls have %.1fs to finish", grace)
         self._grpc.stop(grace).wait()
+        if self.status is not None:
+            self.status.stop()
         self._remove_socket()
         log.info("stopped")
 

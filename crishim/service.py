@@ -7,22 +7,27 @@ status with a message that names the problem, never as a crash.
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import json
 import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import replace
 from typing import Any, TypeVar
 
 import grpc
-from google.protobuf.message import Message
+from google.protobuf.message import DecodeError, Message
 
 from crishim import errors, reference, tracing
 from crishim.catalog import Catalog
 from crishim.cri.runtime.v1 import api_pb2, api_pb2_grpc
 from crishim.model import Answer
 from crishim.oci.layout import chain_id
+from crishim.pulls import PullBoard, PullState
 from crishim.reference import Reference
 from crishim.types import PullAuth, PullRequest
 
@@ -49,6 +54,11 @@ _STATUS: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
     (errors.CrishimError, grpc.StatusCode.UNKNOWN),
 )
 
+#: How often a pull's server thread looks whether its client is still there.
+PULL_WATCH_SECONDS = 0.2
+#: Pulls waiting for a slot before one more is refused (server.max_queued_pulls).
+DEFAULT_MAX_QUEUED_PULLS = 64
+
 #: StreamImages batches stay under this many bytes unless configured otherwise.
 DEFAULT_STREAM_BATCH_BYTES = 1024 * 1024
 
@@ -60,11 +70,51 @@ def status_for(exc: Exception) -> grpc.StatusCode:
     return grpc.StatusCode.INTERNAL
 
 
+_logged: set[tuple[str, str]] = set()
+
+
+def _log_unexpected(method: str, exc: Exception) -> None:
+    """Log an unexpected error with its traceback the first time per (call, kind), then
+    one line at debug level: a client repeating a bad call cannot grow the log."""
+    key = (method, type(exc).__name__)
+    if key in _logged:
+        log.debug("%s failed again: %r", method, exc)
+        return
+    if len(_logged) < 1000:
+        _logged.add(key)
+    log.error("%s failed", method, exc_info=exc)
+
+
+class Malformed:
+    """A request whose bytes are not the message they must be (INVALID_ARGUMENT)."""
+
+    def __init__(self, message: type[Message]) -> None:
+        self.message = message
+
+    def __str__(self) -> str:
+        return f"the request is not a valid {self.message.DESCRIPTOR.full_name}"
+
+
+def _parser(message: type[Message]) -> Callable[[bytes], Message | Malformed]:
+    """A request deserializer that hands the servicer a Malformed instead of failing
+    (grpcio would answer a bad request INTERNAL)."""
+
+    def parse(data: bytes) -> Message | Malformed:
+        try:
+            return message.FromString(data)
+        except (DecodeError, RecursionError, ValueError):
+            return Malformed(message)
+
+    return parse
+
+
 def _rpc(method: F) -> F:
     """Turn domain errors into statuses; an unexpected error is INTERNAL, logged once."""
 
     @functools.wraps(method)
     def wrapper(self: ImageService, request: Any, context: grpc.ServicerContext) -> Any:
+        if isinstance(request, Malformed):
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(request))
         try:
             return method(self, request, context)
         except (errors.CrishimError, reference.ReferenceError) as exc:
@@ -72,7 +122,7 @@ def _rpc(method: F) -> F:
             context.abort(status_for(exc), str(exc))
         except Exception as exc:
             tracing.record_error(exc)
-            log.exception("%s failed", method.__name__)
+            _log_unexpected(method.__name__, exc)
             context.abort(
                 grpc.StatusCode.INTERNAL, f"{method.__name__}: internal error (see the server log)"
             )
@@ -144,7 +194,7 @@ def add_image_service(servicer: ImageService, server: grpc.Server) -> None:
     handlers = {
         name: make(
             getattr(servicer, name),
-            request_deserializer=request.FromString,
+            request_deserializer=_parser(request),
             response_serializer=_serialize,
         )
         for name, (make, request) in methods.items()
@@ -186,6 +236,17 @@ def verbose_info(answer: Answer) -> dict[str, str]:
 _NO_DEADLINE = 365 * 24 * 3600.0
 
 
+def _gone(context: grpc.ServicerContext, deadline: float | None) -> Callable[[], bool]:
+    """True once the caller went away or its deadline passed."""
+
+    def gone() -> bool:
+        if deadline is not None and time.monotonic() >= deadline:
+            return True
+        return not context.is_active()
+
+    return gone
+
+
 def _deadline(remaining: float | None) -> float | None:
     """The ``time.monotonic()`` value a call must end by, or None for none."""
     if remaining is None or remaining > _NO_DEADLINE:
@@ -203,12 +264,15 @@ class ImageService(api_pb2_grpc.ImageServiceServicer):
         max_send_message_size: int,
         stream_batch_bytes: int = DEFAULT_STREAM_BATCH_BYTES,
         max_concurrent_pulls: int = 4,
+        board: PullBoard | None = None,
     ) -> None:
         self.catalog = catalog
         self.max_send_message_size = max_send_message_size
         self.stream_batch_bytes = min(stream_batch_bytes, max_send_message_size // 2)
         self.max_concurrent_pulls = max_concurrent_pulls
-        self._pull_slots = threading.BoundedSemaphore(max_concurrent_pulls)
+        #: Admission and progress of pulls (crishim.pulls).
+        self.board = board or PullBoard(max_concurrent_pulls, DEFAULT_MAX_QUEUED_PULLS)
+        self._unencodable: set[tuple[str, str]] = set()
 
     @_rpc
     def ImageStatus(
@@ -230,13 +294,30 @@ class ImageService(api_pb2_grpc.ImageServiceServicer):
         ref = _parse(text, "filter image reference") if text else None
         return self.catalog.list_images(ref)
 
+    def _wire(self, answers: list[Answer]) -> Iterator[bytes]:
+        """Each answer's ready bytes; an answer that cannot be encoded (a backend's
+        record with fields of the wrong type) is left out, not the whole list."""
+        for answer in answers:
+            try:
+                yield image_status_bytes(answer)
+            except (TypeError, ValueError) as exc:
+                key = (answer.backend, type(exc).__name__)
+                if key not in self._unencodable:
+                    self._unencodable.add(key)
+                    log.error(
+                        "backend %s: image %r cannot be answered (%s); left out of lists",
+                        answer.backend,
+                        getattr(answer.record, "id", "?"),
+                        exc,
+                    )
+
     @_rpc
     def ListImages(
         self, request: api_pb2.ListImagesRequest, context: grpc.ServicerContext
     ) -> bytes:
         answers = self._answers(request)
         tracing.note_answers(answers)
-        data = b"".join([image_status_bytes(a) for a in answers])
+        data = b"".join(list(self._wire(answers)))
         if len(data) > self.max_send_message_size:
             raise errors.TooLarge(
                 f"ListImages answer of {len(answers)} images is {len(data)} bytes, over the "
@@ -261,8 +342,7 @@ class ImageService(api_pb2_grpc.ImageServiceServicer):
         limit = self.stream_batch_bytes
         batch: list[bytes] = []
         size = 0
-        for answer in answers:
-            entry = image_status_bytes(answer)
+        for entry in self._wire(answers):
             if batch and size + len(entry) > limit:
                 yield b"".join(batch)
                 batch, size = [], 0
@@ -295,17 +375,64 @@ class ImageService(api_pb2_grpc.ImageServiceServicer):
             cancelled=lambda: not context.is_active(),
             annotations=dict(request.image.annotations),
         )
-        if not self._pull_slots.acquire(blocking=False):
-            raise errors.TooLarge(
-                f"cannot pull {ref}: {self.max_concurrent_pulls} pulls are already running "
-                "(server.max_concurrent_pulls); retry later"
-            )
+        state = self.board.enter(ref, self.catalog.pulling_backend())
+        outcome = "error"
         try:
-            answer = self.catalog.pull_image(pull)
+            gone = _gone(context, pull.deadline)
+            if not self.board.wait(state, gone):
+                if pull.deadline is not None and time.monotonic() >= pull.deadline:
+                    raise errors.DeadlineExceeded(f"pull {ref}: the deadline ran out in the queue")
+                raise errors.Cancelled(f"pull {ref}: the client went away while it was queued")
+            pull = replace(pull, progress=state.update)
+            answer = self._pull(pull, context, state)
+            outcome = "ok"
+        except errors.CrishimError as exc:
+            outcome = status_for(exc).name
+            raise
         finally:
-            self._pull_slots.release()
+            self.board.finish(state, outcome)
         tracing.note_answer(ref, answer)
         return api_pb2.PullImageResponse(image_ref=answer.record.id)
+
+    def _pull(self, pull: PullRequest, context: grpc.ServicerContext, state: PullState) -> Answer:
+        """Run the pull on a thread of its own, holding the pull's slot, until it ends
+        or its client goes away: then the slot is free again at once, whatever the
+        backend does (it is told through ``pull.cancelled`` and may finish later)."""
+        done: Future[Answer] = Future()
+
+        def release() -> None:
+            self.board.leave(state)
+
+        def run() -> None:
+            try:
+                done.set_result(self.catalog.pull_image(pull))
+            except BaseException as exc:
+                done.set_exception(exc)
+            finally:
+                release()
+
+        thread = threading.Thread(
+            target=contextvars.copy_context().run, args=(run,), name="crishim-pull", daemon=True
+        )
+        try:
+            thread.start()
+        except BaseException:
+            release()
+            raise
+        while True:
+            try:
+                return done.result(timeout=PULL_WATCH_SECONDS)
+            except FutureTimeout:
+                self.board.check_slow(state)
+                if context.is_active():
+                    continue
+            release()
+            log.warning(
+                "pull of %s: the client went away; its slot is free, the backend's pull "
+                "may still be running",
+                pull.ref,
+            )
+            raise errors.Cancelled(f"pull {pull.ref}: the client went away")
 
     @_rpc
     def RemoveImage(

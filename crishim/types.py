@@ -301,8 +301,8 @@ class PullProgress:
     total: int
     #: Bytes stored so far.
     done: int
-    #: ``waiting`` (another pull is fetching it), ``downloading``, ``exists``
-    #: (already stored) or ``done``.
+    #: ``pending`` (part of the pull, not started), ``waiting`` (another pull
+    #: is fetching it), ``downloading``, ``exists`` (already stored) or ``done``.
     state: str
 
 

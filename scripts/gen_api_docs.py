@@ -45,6 +45,10 @@ MODULES: tuple[tuple[str, str], ...] = (
     ("crishim.testing.conformance", "the CRI contract kit"),
     ("crishim.testing.ocibuild", "deterministic OCI image layouts for tests"),
     ("crishim.testing.embedded", "iSulad embedded images for tests"),
+    (
+        "crishim.testing.hostile",
+        "hostile layouts and content, for the faults a backend must survive",
+    ),
 )
 
 #: Names that look public in those modules but are not part of the API.

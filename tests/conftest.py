@@ -10,6 +10,9 @@ compare what the server says with what was written.
 
 from __future__ import annotations
 
+import atexit
+import shutil
+import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,10 +20,20 @@ from typing import Any
 
 import grpc
 import pytest
+from hypothesis import settings
+from hypothesis.configuration import set_hypothesis_home_dir
 
 from crishim.cri.runtime.v1 import api_pb2
 from crishim.testing.ocibuild import BuiltImage, BuiltIndex, LayoutBuilder
-from crishim.testing.server import RunningShim, running_server
+from crishim.testing.server import RunningShim, running_server, short_tempdir
+
+# Tests write only under their own temporary directories: no example database,
+# and Hypothesis's own files in a temporary directory, not the working one.
+settings.register_profile("crishim", database=None)
+settings.load_profile("crishim")
+_HYPOTHESIS_HOME = tempfile.mkdtemp(prefix="crishim-hypothesis-")
+set_hypothesis_home_dir(_HYPOTHESIS_HOME)
+atexit.register(shutil.rmtree, _HYPOTHESIS_HOME, True)
 
 #: The platform every test server resolves image indexes to (independent of the host).
 PLATFORM: dict[str, str] = {"os": "linux", "architecture": "arm64", "variant": "v8"}
@@ -208,3 +221,14 @@ def std_shim(std: StandardImages) -> Iterator[RunningShim]:
     config = make_config(backend("std", std.path), pinned=STANDARD_PINNED)
     with running_server(config) as shim:
         yield shim
+
+
+@pytest.fixture
+def sockdir() -> Iterator[Path]:
+    """A directory short enough for unix socket paths (under TMPDIR when it can be),
+    removed afterwards whatever the test left in it."""
+    path = short_tempdir()
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)

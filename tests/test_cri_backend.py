@@ -30,7 +30,6 @@ import json
 import logging
 import os
 import re
-import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -61,7 +60,7 @@ from crishim.config import ConfigError, load_settings
 from crishim.container import make_application
 from crishim.cri.runtime.v1 import api_pb2
 from crishim.testing.conformance import ContractSetup, CriContract
-from crishim.testing.server import RunningShim, running_server, short_tempdir
+from crishim.testing.server import RunningShim, running_server
 from crishim.types import PullAuth, PullRequest
 
 UNAVAILABLE = grpc.StatusCode.UNAVAILABLE
@@ -72,14 +71,6 @@ def _fresh_fakes() -> Iterator[None]:
     FakeUpstream.instances.clear()
     yield
     FakeUpstream.instances.clear()
-
-
-@pytest.fixture
-def sockdir() -> Iterator[Path]:
-    """A directory short enough for unix socket paths, removed afterwards."""
-    path = short_tempdir("crishim-cri-")
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 def pull(shim: RunningShim, ref: str, **kwargs: Any) -> api_pb2.PullImageResponse:

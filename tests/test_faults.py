@@ -30,19 +30,22 @@ from pydantic import Field
 from crishim import errors, hookimpl, reference
 from crishim.catalog import BackendBusy, BackendHandle, BackendTimeout, Catalog, TimedCaller
 from crishim.config import ConfigError, parse_settings
+from crishim.cri.runtime.v1 import api_pb2
 from crishim.manager import DISABLE_ENV, PluginError
 from crishim.model import ImageRecord, Platform
 from crishim.reference import Reference
 from crishim.testing.ocibuild import LayoutBuilder
 from crishim.testing.server import running_server
-from crishim.types import BackendContext, BackendOptions, BackendType, IndexedBackend
+from crishim.types import BackendContext, BackendOptions, BackendType, IndexedBackend, PullRequest
 from tests.plugin_fixtures import BROKEN_PLUGIN, SLOW_PLUGIN, make_distribution
 
 NAME = "example.com/app:1"
 
 
 class FaultyOptions(BackendOptions):
-    mode: Literal["raise", "hang", "unavailable"] = "raise"
+    mode: Literal["raise", "hang", "unavailable", "str", "ints", "object", "bad-record", "fine"] = (
+        "raise"
+    )
     #: Key of the gate (a threading.Event) a hanging call waits on.
     gate: str = "default"
     hang_limit: float = Field(default=30.0, gt=0)
@@ -68,13 +71,53 @@ class FaultyBackend(IndexedBackend):
         gate = FaultyBackend.gates.setdefault(self.options.gate, threading.Event())
         gate.wait(self.options.hang_limit)
 
+    #: What each wrong-answer mode answers every call with.
+    WRONG: ClassVar[dict[str, Any]] = {
+        "str": "sha256:" + "f" * 64,
+        "ints": [1, 2, 3],
+        "object": object(),
+    }
+
+    def _wrong(self) -> Any:
+        if self.options.mode == "bad-record":
+            # the right class, with fields of the wrong types
+            return ImageRecord(id="sha256:" + "e" * 64, repo_tags="oops", size="big")  # type: ignore[arg-type]
+        return FaultyBackend.WRONG[self.options.mode]
+
     def get_image(self, ref: Reference) -> ImageRecord | None:
+        if self.options.mode == "fine":
+            return super().get_image(ref)
+        if self.options.mode in self.WRONG or self.options.mode == "bad-record":
+            return self._wrong()  # type: ignore[no-any-return]
         self._fail()
         return None
 
     def list_images(self) -> list[ImageRecord]:
+        if self.options.mode == "bad-record":
+            return [self._wrong()]
+        if self.options.mode in self.WRONG:
+            return self._wrong()  # type: ignore[no-any-return]
         self._fail()
         return []
+
+    def match_id_prefix(self, prefix: str) -> list[str]:
+        if self.options.mode in self.WRONG:
+            return self._wrong()  # type: ignore[no-any-return]
+        return super().match_id_prefix(prefix)
+
+    def filesystem_usage(self) -> Any:
+        if self.options.mode in self.WRONG:
+            return [self._wrong()]
+        return super().filesystem_usage()
+
+    def pull_image(self, request: PullRequest) -> ImageRecord:
+        """``*/hang`` hangs, deaf to cancellation, until its gate opens; the rest pull."""
+        if request.ref.repository.endswith("/hang"):
+            gate = FaultyBackend.gates.setdefault(self.options.gate, threading.Event())
+            gate.wait(self.options.hang_limit)
+        record = ImageRecord(id="sha256:" + "c" * 64, repo_tags=(request.ref.tagged(),))
+        self.publish([record])
+        return record
 
 
 class FaultyPlugin:
@@ -133,6 +176,62 @@ def test_a_raising_backend_costs_its_own_answer(
     assert any("backend broken: get_image failed" in m for m in messages), messages
     assert any("backend broken: list_images failed" in m for m in messages), messages
     assert "backend bug" in _exc_texts(caplog)
+
+
+@pytest.mark.parametrize("mode", ["str", "ints", "object"])
+def test_a_backend_answering_the_wrong_type_costs_its_own_answer(
+    mode: str, layout: LayoutBuilder, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="crishim.catalog")
+    with serve(faulty("wrong", mode=mode), backend("good", layout.root)) as shim:
+        image = shim.status(NAME).image
+        assert image.repo_tags == [NAME]
+        for _ in range(20):
+            assert shim.status(image.id).image.id == image.id
+        assert shim.status(image.id.removeprefix("sha256:")[:12]).image.id == image.id
+        assert [i.id for i in shim.list()] == [image.id]
+        assert len(shim.fsinfo().image_filesystems) == 1
+        shim.remove("example.com/absent:1")
+    # said once per kind of call, not once per call
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR and "wrong" in r.getMessage()]
+    assert errors and len(errors) <= 4, [r.getMessage() for r in errors]
+
+
+def test_a_record_with_fields_of_the_wrong_types_costs_that_record(
+    layout: LayoutBuilder,
+) -> None:
+    with serve(faulty("wrong", mode="bad-record"), backend("good", layout.root)) as shim:
+        listed = shim.list()
+        assert [list(i.repo_tags) for i in listed] == [[NAME]]
+        streamed = [
+            image
+            for response in shim.images.StreamImages(api_pb2.StreamImagesRequest(), timeout=30)
+            for image in response.images
+        ]
+        assert [i.id for i in streamed] == [i.id for i in listed]
+
+
+def test_a_pull_whose_client_left_frees_its_slot_though_the_backend_hangs() -> None:
+    with serve(faulty("puller", mode="fine"), server={"max_concurrent_pulls": 1}) as shim:
+
+        def pull(ref: str, timeout: float) -> api_pb2.PullImageResponse:
+            request = api_pb2.PullImageRequest(image=api_pb2.ImageSpec(image=ref))
+            response: api_pb2.PullImageResponse = shim.images.PullImage(request, timeout=timeout)
+            return response
+
+        err = rpc_error(pull, "example.com/team/hang:1", 1.0)
+        assert err.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        # the backend is still stuck in that pull; the next pull gets the slot
+        end = time.monotonic() + 10
+        while True:
+            try:
+                assert pull("example.com/team/ok:1", 10).image_ref == "sha256:" + "c" * 64
+                break
+            except grpc.RpcError as exc:
+                # the server notices the client left within a moment
+                assert exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, exc
+                assert time.monotonic() < end, "the slot was never freed"
+                time.sleep(0.1)
 
 
 def test_fail_on_backend_error_fails_the_call(layout: LayoutBuilder) -> None:

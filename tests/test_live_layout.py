@@ -23,7 +23,7 @@ import pytest
 from crishim.cri.runtime.v1 import api_pb2
 from crishim.oci.atomic import atomic_write
 from crishim.testing.ocibuild import BuiltImage, LayoutBuilder
-from crishim.testing.server import RunningShim, running_server, short_tempdir
+from crishim.testing.server import RunningShim, running_server
 
 SHARED_LAYER = {"usr/share/base": "shared base layer\n"}
 
@@ -341,9 +341,8 @@ def test_read_only_backend_refuses_removal(tmp_path: Path) -> None:
 
 
 def _serve_subprocess(
-    layout: Path, state: Path, env: dict[str, str]
+    layout: Path, state: Path, env: dict[str, str], sockdir: Path
 ) -> tuple[subprocess.Popen[str], Path]:
-    sockdir = short_tempdir()
     sock = sockdir / "crishim.sock"
     config = state.parent / "crash.json"
     config.write_text(
@@ -376,12 +375,12 @@ def _serve_subprocess(
     ("fault", "state_after"), [("index:before-rename", "old"), ("index:after-rename", "new")]
 )
 def test_kill_during_removal_leaves_a_valid_index(
-    tmp_path: Path, fault: str, state_after: str
+    tmp_path: Path, fault: str, state_after: str, sockdir: Path
 ) -> None:
     builder, doomed, kept = _removal_layout(tmp_path / "layout")
     root = builder.root
     before = json.loads((root / "index.json").read_bytes())
-    proc, sock = _serve_subprocess(root, tmp_path / "state", {"CRISHIM_FAULT": fault})
+    proc, sock = _serve_subprocess(root, tmp_path / "state", {"CRISHIM_FAULT": fault}, sockdir)
     try:
         with grpc.insecure_channel(f"unix:{sock}") as channel:
             from crishim.cri.runtime.v1 import api_pb2_grpc

@@ -10,10 +10,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import bcrypt
 import grpc
 import pytest
 from registry.helpers import (
+    BASIC_PASSWORD,
+    BASIC_USER,
     cache_config,
     cache_options,
     check_store,
@@ -33,8 +34,8 @@ from crishim.testing.server import RunningShim
 pytest_plugins = ["registry.fixtures"]
 
 Server = Callable[..., RunningShim]
-USER = "alice"
-PASSWORD = "pa55:w0rd-with-colon"
+USER = BASIC_USER
+PASSWORD = BASIC_PASSWORD
 IDENTITY_TOKEN = "identity-token-of-alice-7f3a"
 SECRETS = (PASSWORD, IDENTITY_TOKEN, base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode())
 
@@ -64,19 +65,6 @@ def _no_secrets_under(*roots: Path) -> None:
 
 
 # --------------------------------------------------------------------------- basic auth
-
-
-@pytest.fixture(scope="module")
-def basic_registry(
-    registry: RegistryProcess, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[RegistryProcess]:
-    """The session registry's storage behind htpasswd (bcrypt) basic auth."""
-    workdir = tmp_path_factory.mktemp("registry-basic")
-    hashed = bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(rounds=4, prefix=b"2a"))
-    htpasswd = workdir / "htpasswd"
-    htpasswd.write_text(f"{USER}:{hashed.decode()}\n")
-    with RegistryProcess(registry.storage, workdir, htpasswd=htpasswd) as process:
-        yield process
 
 
 def _basic_shim(

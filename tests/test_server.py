@@ -10,7 +10,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -21,7 +20,7 @@ from crishim.config import parse_settings
 from crishim.container import make_application
 from crishim.cri.runtime.v1 import api_pb2, api_pb2_grpc
 from crishim.server import SocketError, prepare_socket_path
-from crishim.testing.server import running_server, short_tempdir
+from crishim.testing.server import running_server
 from tests.plugin_fixtures import SLOW_PLUGIN, make_distribution
 
 LAYOUT = Path(__file__).resolve().parents[1] / "examples" / "layouts" / "demo"
@@ -34,17 +33,14 @@ BACKENDS = [
 ]
 
 
-@pytest.fixture
-def sockdir() -> Iterator[Path]:
-    path = short_tempdir()
-    yield path
-    for child in sorted(path.rglob("*"), reverse=True):
-        child.unlink() if not child.is_dir() else child.rmdir()
-    path.rmdir()
-
-
 def _start(sock: Path) -> tuple[object, object]:
-    settings = parse_settings({"server": {"listen": f"unix://{sock}"}, "backends": BACKENDS})
+    settings = parse_settings(
+        {
+            "server": {"listen": f"unix://{sock}"},
+            "state_dir": str(sock.parent / "state"),
+            "backends": BACKENDS,
+        }
+    )
     app = make_application(settings)
     catalog = app.catalog()
     catalog.start()
@@ -236,7 +232,8 @@ class _BlockingPuller:
 
 def test_pulls_have_their_own_threads_and_a_limit() -> None:
     config = {
-        "server": {"workers": 1, "max_concurrent_pulls": 1},
+        # no queue: the one pull running is the limit
+        "server": {"workers": 1, "max_concurrent_pulls": 1, "max_queued_pulls": 0},
         "backends": [{"name": "puller", "type": "blocking-puller"}, *BACKENDS],
     }
     plugin = _BlockingPuller.hookimpl_module()

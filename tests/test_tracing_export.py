@@ -20,7 +20,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from crishim.cri.runtime.v1 import api_pb2, api_pb2_grpc
-from crishim.testing.server import running_server, short_tempdir
+from crishim.testing.server import running_server
 from tests.otlp_receivers import (
     SPAN_KIND_INTERNAL,
     SPAN_KIND_SERVER,
@@ -118,11 +118,10 @@ def _wait_ready(sock: Path, proc: subprocess.Popen[str]) -> None:
 
 
 def test_crishim_serve_flushes_on_sigterm(
-    tmp_path: Path, receiver: GrpcReceiver | HttpReceiver
+    tmp_path: Path, receiver: GrpcReceiver | HttpReceiver, sockdir: Path
 ) -> None:
     import json
 
-    sockdir = short_tempdir()
     sock = sockdir / "crishim.sock"
     config = tmp_path / "c.yaml"
     config.write_text(

@@ -36,7 +36,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from crishim.cri.runtime.v1 import api_pb2, api_pb2_grpc
 from crishim.manager import load_plugins
 from crishim.testing.ocibuild import BuiltImage, LayoutBuilder
-from crishim.testing.server import running_server, short_tempdir
+from crishim.testing.server import running_server
 from tests.otlp_receivers import HttpReceiver, receiving
 
 LAYOUT = Path(__file__).resolve().parents[1] / "examples" / "layouts" / "demo"
@@ -62,6 +62,9 @@ AUTH_MODES: dict[str, dict[str, str]] = {
     "auth-field": {"auth": AUTH_FIELD},
     "identity-token": {"username": USERNAME, "identity_token": IDENTITY_TOKEN},
     "registry-token": {"registry_token": REGISTRY_TOKEN},
+    # read from a file, a token ends in a newline: it is still the token
+    "registry-token-newline": {"registry_token": REGISTRY_TOKEN + "\n"},
+    "registry-token-space": {"registry_token": " " + REGISTRY_TOKEN + " "},
 }
 EVERYTHING = {
     "username": USERNAME,
@@ -349,6 +352,41 @@ def test_no_credential_in_spans_logs_or_errors(
     _assert_clean("a log record", log_lines)
 
 
+@pytest.mark.parametrize(
+    "token",
+    [REGISTRY_TOKEN + "\nX-Injected: 1", "ü" + REGISTRY_TOKEN, REGISTRY_TOKEN + "\x00", "a b"],
+    ids=["inner-newline", "non-ascii", "nul", "inner-space"],
+)
+def test_an_unsendable_token_is_unauthenticated_and_never_repeated(
+    token: str, registry: FakeRegistry, caplog: pytest.LogCaptureFixture
+) -> None:
+    _require("registry-cache")
+    exporter = InMemorySpanExporter()
+    config = {
+        "backends": [_registry_backend(registry)],
+        "platform": PLATFORM,
+        "logging": {"level": "debug"},
+        "tracing": {"exporter": "otlp-grpc", "endpoint": "http://127.0.0.1:9"},
+    }
+    caplog.set_level(logging.DEBUG)
+    registry.authorizations.clear()
+    with running_server(config, overrides={"span_exporter": exporter}) as shim:
+        _, error = _pull(shim.images, f"{registry.host}/team/app:1", {"registry_token": token})
+        provider = shim.app.tracer_provider()
+        assert provider is not None
+        provider.force_flush()
+        spans = exporter.get_finished_spans()
+    # refused before any library saw it: not INTERNAL, and nothing was sent
+    assert error.startswith("UNAUTHENTICATED: "), error
+    assert "registry_token" in error
+    assert not registry.authorizations
+    _assert_clean("an error message", [error])
+    _assert_clean("a span", _span_texts(spans))
+    _assert_clean("a log record", [r.getMessage() for r in caplog.records] + [caplog.text])
+    if token != "a b":
+        assert token not in caplog.text and token not in error
+
+
 def _wait_ready(sock: Path, proc: subprocess.Popen[str]) -> None:
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -375,7 +413,7 @@ def http_receiver() -> Iterator[HttpReceiver]:
 
 
 def test_serve_process_stderr_and_exported_bytes_hold_no_credential(
-    tmp_path: Path, registry: FakeRegistry, http_receiver: HttpReceiver
+    tmp_path: Path, registry: FakeRegistry, http_receiver: HttpReceiver, sockdir: Path
 ) -> None:
     types = _installed_types()
     backends = [OCI_DIR]
@@ -388,7 +426,6 @@ def test_serve_process_stderr_and_exported_bytes_hold_no_credential(
             (f"{registry.host}/team/app:nope", AUTH_MODES["registry-token"]),
             (f"{registry.host}/team/x:1", {"username": USERNAME, "password": PASSWORD[::-1]}),
         ]
-    sockdir = short_tempdir()
     sock = sockdir / "crishim.sock"
     config = tmp_path / "c.yaml"
     config.write_text(

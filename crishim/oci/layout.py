@@ -18,12 +18,10 @@ Editing: :meth:`Layout.remove_entries` rewrites ``index.json`` atomically;
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
 import logging
 import os
-import stat
 import sys
 import time
 from collections.abc import Iterable, Iterator, Mapping
@@ -43,6 +41,7 @@ from crishim.oci.resolve import (
     UnreadableBlob,
     entry_key,
 )
+from crishim.oci.safefs import Tree, Unsafe
 from crishim.oci.spec import (
     CONFIG_TYPES,
     CONFIGLESS_TYPES,
@@ -97,6 +96,9 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+#: index.json larger than this is refused (100,000 entries take about 40 MB).
+MAX_INDEX_JSON = 1024 * 1024 * 1024
+
 
 @dataclass(frozen=True, slots=True)
 class Scan:
@@ -124,60 +126,42 @@ class Layout:
         self.platform = platform
         self.repository = repository
         self.source = sys.intern(str(root))
-        self._blobs_dir = str(self.blobs)
+        self.tree = Tree(root)
         self.resolver = Resolver(self, platform, repository)
 
     # -- blobs -----------------------------------------------------------
 
     def blob_path(self, digest: object) -> Path:
-        return Path(self._blob_file(digest))
+        return self.root / self._blob_file(digest)
 
-    def _blob_file(self, digest: object) -> str:
-        # The digest grammar (hex only) is what keeps paths inside blobs/.
+    @staticmethod
+    def _blob_file(digest: object) -> str:
+        """``blobs/<algorithm>/<hex>``: the digest grammar (hex only) keeps it a name."""
         if not isinstance(digest, str) or not DIGEST_RE.match(digest):
             raise BrokenEntry(f"invalid digest {digest!r}")
         algorithm, _, hexpart = digest.partition(":")
-        return f"{self._blobs_dir}/{algorithm}/{hexpart}"
-
-    def _check_inside(self, path: str) -> None:
-        real = os.path.realpath(path)
-        if not real.startswith(os.path.realpath(self._blobs_dir) + os.sep):
-            raise BrokenEntry(f"blob {os.path.basename(path)} resolves outside blobs/")
-
-    def _open_blob(self, path: str) -> int:
-        """A file descriptor for a blob; a symlink must stay inside blobs/."""
-        try:
-            return os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        except OSError as exc:
-            if exc.errno != errno.ELOOP:
-                raise
-        self._check_inside(path)
-        return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        return f"blobs/{algorithm}/{hexpart}"
 
     def read_blob(self, digest: str, limit: int) -> bytes:
         """A blob's first ``limit`` bytes (the BlobReader the resolver uses)."""
-        path = self._blob_file(digest)
         try:
-            fd = self._open_blob(path)
-            try:
-                return os.read(fd, limit)
-            finally:
-                os.close(fd)
+            return self.tree.read(self._blob_file(digest), limit)
         except FileNotFoundError:
             raise MissingBlob(digest) from None
+        except Unsafe as exc:
+            raise BrokenEntry(f"blob {digest}: {exc.strerror}: refused") from None
         except OSError as exc:
             raise UnreadableBlob(str(exc.strerror)) from None
 
     def blob_size(self, digest: str) -> int:
-        path = self._blob_file(digest)
         try:
-            st = os.lstat(path)
-            if stat.S_ISLNK(st.st_mode):
-                self._check_inside(path)
-                st = os.stat(path)
+            return self.tree.size(self._blob_file(digest))
         except FileNotFoundError:
             raise MissingBlob(digest) from None
-        return st.st_size
+        except Unsafe as exc:
+            raise BrokenEntry(f"blob {digest}: {exc.strerror}: refused") from None
+        except OSError as exc:
+            raise UnreadableBlob(str(exc.strerror)) from None
 
     def resolve(self, entry: Mapping[str, Any]) -> EntryResult:
         """The record (or problem) and blob closure of one index.json entry."""
@@ -189,29 +173,41 @@ class Layout:
 
     # -- index.json ------------------------------------------------------
 
-    def check_marker(self) -> None:
+    def _read_small(self, name: str, limit: int, missing: str = "") -> bytes:
+        """A file at the layout's top (``oci-layout``, ``index.json``), a regular file only."""
         try:
-            marker = json.loads((self.root / "oci-layout").read_bytes())
+            data = self.tree.read(name, limit + 1)
         except FileNotFoundError:
-            raise BrokenEntry(
-                f"{self.root} is not an OCI image layout: oci-layout is missing"
-            ) from None
-        except ValueError as exc:
+            if missing:
+                raise BrokenEntry(f"{self.root} is {missing}{name} is missing") from None
+            raise BrokenEntry(f"{self.root / name} is missing") from None
+        except Unsafe as exc:
+            raise BrokenEntry(f"{self.root / name} is refused: {exc.strerror}") from None
+        except OSError as exc:
+            raise BrokenEntry(f"{self.root / name} cannot be read: {exc.strerror}") from None
+        if len(data) > limit:
+            raise BrokenEntry(f"{self.root / name} is over {limit} bytes")
+        return data
+
+    def check_marker(self) -> None:
+        data = self._read_small("oci-layout", 4096, missing="not an OCI image layout: ")
+        try:
+            marker = json.loads(data)
+        except (ValueError, RecursionError) as exc:
             raise BrokenEntry(f"{self.root}/oci-layout is not valid JSON: {exc}") from None
         if not isinstance(marker, dict) or "imageLayoutVersion" not in marker:
             raise BrokenEntry(f"{self.root}/oci-layout has no imageLayoutVersion")
 
     def read_index_bytes(self) -> bytes:
-        try:
-            return self.index_path.read_bytes()
-        except FileNotFoundError:
-            raise BrokenEntry(f"{self.index_path} is missing") from None
+        return self._read_small("index.json", MAX_INDEX_JSON)
 
     def parse_index(self, data: bytes) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         try:
             index = json.loads(data)
         except ValueError as exc:
             raise BrokenEntry(f"{self.index_path} is not valid JSON: {exc}") from None
+        except RecursionError:
+            raise BrokenEntry(f"{self.index_path} is nested too deep to be an index") from None
         manifests = index.get("manifests") if isinstance(index, dict) else None
         if not isinstance(manifests, list):
             raise BrokenEntry(f"{self.index_path} has no manifests list")
@@ -268,22 +264,28 @@ class Layout:
         return count
 
     def delete_blobs(self, digests: Iterable[str]) -> int:
-        """Delete these blobs (those that exist); returns the count deleted."""
+        """Delete these blobs (those that exist); returns the count deleted.
+
+        Names are removed through the layout's own directories: a
+        ``blobs/`` that leads elsewhere deletes nothing.
+        """
         count = 0
-        touched: set[Path] = set()
+        touched: set[str] = set()
         for digest in digests:
             try:
-                path = self.blob_path(digest)
+                path = self._blob_file(digest)
             except BrokenEntry:
                 continue
             try:
-                path.unlink()
-            except FileNotFoundError:
+                if not self.tree.unlink(path):
+                    continue
+            except Unsafe as exc:
+                log.warning("layout %s: not deleting %s: %s", self.root, path, exc.strerror)
                 continue
-            touched.add(path.parent)
+            touched.add(path.rpartition("/")[0])
             count += 1
         for directory in touched:
-            fsync_dir(directory)
+            fsync_dir(self.root / directory)
         return count
 
 

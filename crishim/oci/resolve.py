@@ -185,6 +185,8 @@ class Resolver:
             parsed = json.loads(data)
         except ValueError as exc:
             raise BrokenEntry(f"{what} blob {digest} is not valid JSON: {exc}") from None
+        except RecursionError:
+            raise BrokenEntry(f"{what} blob {digest} is nested too deep") from None
         if not isinstance(parsed, dict):
             raise BrokenEntry(f"{what} blob {digest} is not a JSON object")
         if len(self._json) >= _JSON_CACHE_SIZE:
@@ -283,7 +285,13 @@ class Resolver:
             record = self._record(entry, closure)
         except BrokenEntry as exc:
             return EntryResult(key, None, str(exc), tuple(closure), complete=False)
-        complete = self._complete_closure(entry, closure)
+        except Exception as exc:  # whatever an entry holds costs that entry only
+            problem = f"cannot be read ({type(exc).__name__})"
+            return EntryResult(key, None, problem, tuple(closure), complete=False)
+        try:
+            complete = self._complete_closure(entry, closure)
+        except Exception:
+            complete = False
         # interned: the digests of shared layers are one object for all images
         return EntryResult(key, record, "", tuple(sys.intern(d) for d in closure), complete)
 

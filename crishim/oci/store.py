@@ -50,6 +50,7 @@ from typing import Any
 from crishim.model import FilesystemUsage
 from crishim.oci.atomic import atomic_write, fault_point, fsync_dir
 from crishim.oci.layout import OCI_INDEX, measure, mountpoint_of
+from crishim.oci.safefs import Tree, Unsafe
 
 log = logging.getLogger(__name__)
 
@@ -180,6 +181,7 @@ class ContentStore:
         self._lock_depth = 0
         self._lock_fd: int | None = None
         self._usage_lock = threading.Lock()
+        self._tree = Tree(root)
         self._used_bytes = 0
         self._inodes = 0
         self._mountpoint = ""
@@ -195,6 +197,11 @@ class ContentStore:
             self._lock_fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         except OSError as exc:
             raise StoreError(f"cannot create the store at {self.root}: {exc.strerror}") from None
+        for directory in (self.ingest, self.blobs, self.blobs / "sha256"):
+            if directory.is_symlink() or not directory.is_dir():
+                raise StoreError(
+                    f"{directory} is not a directory of the store (a symlink?); refusing to use it"
+                )
         with self.locked():
             marker = self.root / "oci-layout"
             if not marker.exists():
@@ -324,9 +331,14 @@ class ContentStore:
                 continue
             with self._usage_lock:
                 try:
-                    st = path.stat()
-                    path.unlink()
+                    st = path.lstat()
+                    # through the store's own directories: never a name elsewhere
+                    if not self._tree.unlink(str(path.relative_to(self.root))):
+                        continue
                 except FileNotFoundError:
+                    continue
+                except Unsafe as exc:
+                    log.warning("store %s: not deleting %s: %s", self.root, path, exc.strerror)
                     continue
                 self._used_bytes -= _allocated(st)
                 self._inodes -= 1

@@ -160,8 +160,41 @@ class Credentials:
         return "Basic " + base64.b64encode(raw).decode("ascii")
 
 
+#: What a token sent as ``Bearer <token>`` (or in a token request) may hold:
+#: visible ASCII, no spaces. Anything else would be refused by the HTTP layer
+#: with the header, token included, in its error.
+_TOKEN_RE = re.compile(r"^[\x21-\x7e]+$")
+#: A username: no control characters, no ``:`` (it separates the password).
+_USERNAME_RE = re.compile(r"^[^\x00-\x1f\x7f:]*$")
+
+
+def usable_token(value: str, what: str) -> str:
+    """``value`` without surrounding white space (a token read from a file ends in a
+    newline), checked to be sendable; Unauthenticated, naming ``what`` and never the
+    value, when it is not."""
+    token = value.strip()
+    if token and not _TOKEN_RE.match(token):
+        raise Unauthenticated(
+            f"{what} is not usable: a token is visible ASCII characters without spaces"
+        )
+    return token
+
+
+def _usable_username(value: str, what: str) -> str:
+    name = value.strip()
+    if not _USERNAME_RE.match(name):
+        raise Unauthenticated(f"{what} is not usable: it holds ':' or control characters")
+    return name
+
+
 def credentials_from_request(auth: PullAuth) -> Credentials | None:
-    """The PullImageRequest's auth, or None when it holds nothing usable."""
+    """The PullImageRequest's auth, or None when it holds nothing usable.
+
+    Validated here, before any library sees them: tokens are stripped of
+    surrounding white space and must be visible ASCII; a username may not
+    hold ``:`` or control characters (a password may hold anything: it
+    travels base64-encoded).
+    """
     username, password = auth.username, auth.password
     if auth.auth and not (username or password):
         try:
@@ -175,13 +208,16 @@ def credentials_from_request(auth: PullAuth) -> Credentials | None:
             raise Unauthenticated(
                 "the auth field of the pull request is not base64 of user:password"
             )
-    if not (username or password or auth.identity_token or auth.registry_token):
+    identity_token = usable_token(auth.identity_token, "the pull request's identity_token")
+    registry_token = usable_token(auth.registry_token, "the pull request's registry_token")
+    username = _usable_username(username, "the pull request's username")
+    if not (username or password or identity_token or registry_token):
         return None
     return Credentials(
         username=username,
         password=password,
-        identity_token=auth.identity_token,
-        registry_token=auth.registry_token,
+        identity_token=identity_token,
+        registry_token=registry_token,
         origin="the pull request",
     )
 
@@ -286,7 +322,7 @@ class RegistryClient:
         return Credentials(
             username=c.username,
             password=password or "",
-            identity_token=token or "",
+            identity_token=usable_token(token or "", f"the identity token configured for {host}"),
             origin="the config",
         )
 
@@ -304,7 +340,17 @@ class RegistryClient:
             deadline=deadline,
             connect_timeout=self.options.connect_timeout,
             read_timeout=self.options.read_timeout,
+            watchdog=Watchdog(
+                self.options.pull_progress_timeout,
+                self.options.min_pull_rate,
+                self.options.min_pull_rate_window,
+            ),
         )
+
+    def verifies_held_images(self, host: str) -> bool:
+        """Whether a pull by digest of an image held still asks this registry."""
+        configured = self.options.registries.get(normalize_host(host))
+        return configured is None or configured.verify_held_images
 
 
 # -- responses ------------------------------------------------------------------
@@ -325,7 +371,7 @@ def _registry_message(response: httpx.Response) -> str:
     """The ``errors`` of a distribution error body, if the body was read."""
     try:
         body = json.loads(response.content[:4096])
-    except (ValueError, httpx.ResponseNotRead):
+    except (ValueError, RecursionError, httpx.ResponseNotRead):
         return ""
     errors = body.get("errors") if isinstance(body, dict) else None
     if not isinstance(errors, list):
@@ -344,7 +390,7 @@ def _media_type(header: str | None, data: bytes) -> str:
         return media_type
     try:
         parsed = json.loads(data)
-    except ValueError:
+    except (ValueError, RecursionError):
         return media_type
     inner = parsed.get("mediaType") if isinstance(parsed, dict) else None
     if isinstance(inner, str) and inner:
@@ -365,6 +411,32 @@ _PRECEDENCE: tuple[type[CrishimError], ...] = (
     ImageNotFound,
     Unavailable,
 )
+
+
+def _most_telling(failures: list[CrishimError]) -> CrishimError:
+    """One error for failures on every endpoint: the most telling, naming the others."""
+    if len(failures) == 1:
+        return failures[0]
+    for kind in _PRECEDENCE:
+        chosen = next((f for f in failures if isinstance(f, kind)), None)
+        if chosen is not None:
+            others = "; ".join(str(f) for f in failures if f is not chosen)
+            return type(chosen)(f"{chosen} [other endpoints: {others}]")
+    return failures[-1]
+
+
+@dataclass(frozen=True)
+class Watchdog:
+    """When a blob download counts as stuck: no byte for ``stall`` seconds, or less
+    than ``min_rate`` bytes/s over ``window`` seconds (``min_rate`` 0: no rate check)."""
+
+    stall: float = 60.0
+    min_rate: int = 0
+    window: float = 30.0
+
+
+class Stalled(Exception):
+    """A blob download made too little progress (internal: it is retried)."""
 
 
 class ByteSink(Protocol):
@@ -391,6 +463,7 @@ class Session:
         deadline: Deadline,
         connect_timeout: float,
         read_timeout: float,
+        watchdog: Watchdog | None = None,
     ) -> None:
         self.host = host
         self.repository = repository
@@ -399,10 +472,25 @@ class Session:
         self.deadline = deadline
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
+        self.watchdog = watchdog or Watchdog()
         #: The endpoint that resolved the reference (the first one until then).
         self.endpoint = endpoints[0]
         self._auth: dict[str, str] = {}
         self._lock = threading.Lock()
+        #: Every secret this session may send: scrubbed from whatever it says.
+        self._secrets: set[str] = set()
+        if credentials is not None:
+            basic = credentials.basic
+            self._secrets.update(
+                v
+                for v in (
+                    credentials.password,
+                    credentials.identity_token,
+                    credentials.registry_token,
+                    basic.removeprefix("Basic ") if basic else "",
+                )
+                if len(v) >= 4
+            )
         if credentials is not None and credentials.registry_token:
             for endpoint in endpoints:
                 self._auth[endpoint.base] = f"Bearer {credentials.registry_token}"
@@ -412,8 +500,17 @@ class Session:
     def _where(self, endpoint: Endpoint) -> str:
         return f"{self.deadline.what}: {self.host} at {endpoint.base}"
 
-    def _timeout(self) -> httpx.Timeout:
-        read = self.deadline.bound(self.read_timeout)
+    def safe(self, text: str) -> str:
+        """``text`` (from a library or a registry) fit for a message: no query
+        strings, none of this session's secrets, shortened."""
+        with self._lock:
+            secrets = sorted(self._secrets, key=len, reverse=True)
+        for secret in secrets:
+            text = text.replace(secret, "<redacted>")
+        return redact(text)
+
+    def _timeout(self, read_timeout: float | None = None) -> httpx.Timeout:
+        read = self.deadline.bound(read_timeout or self.read_timeout)
         connect = self.deadline.bound(self.connect_timeout)
         return httpx.Timeout(read, connect=connect, pool=connect)
 
@@ -429,15 +526,27 @@ class Session:
             ) from None
         except httpx.HTTPError as exc:
             self.deadline.check()
-            reason = redact(str(exc)) or type(exc).__name__
+            if isinstance(exc, httpx.LocalProtocolError):
+                # what we were about to send, headers included: never repeat it
+                raise Unavailable(
+                    f"{self._where(endpoint)}: the request could not be sent ({type(exc).__name__})"
+                ) from None
+            reason = self.safe(str(exc)) or type(exc).__name__
             if "[SSL" in reason or "CERTIFICATE" in reason.upper():
                 raise Unavailable(f"{self._where(endpoint)}: TLS failed: {reason}") from None
             if isinstance(exc, httpx.ConnectError):
                 raise Unavailable(f"{self._where(endpoint)}: cannot connect: {reason}") from None
             raise Unavailable(f"{self._where(endpoint)}: {type(exc).__name__}: {reason}") from None
 
-    def _send(self, endpoint: Endpoint, url: str, headers: dict[str, str]) -> httpx.Response:
-        """GET ``url`` (streamed), answering one auth challenge; the caller closes it."""
+    def _send(
+        self,
+        endpoint: Endpoint,
+        url: str,
+        headers: dict[str, str],
+        method: str = "GET",
+        read_timeout: float | None = None,
+    ) -> httpx.Response:
+        """Send (streamed), answering one auth challenge; the caller closes the response."""
         challenged = False
         while True:
             self.deadline.check()
@@ -448,7 +557,7 @@ class Session:
                 request_headers["Authorization"] = authorization
             with self._network(endpoint):
                 request = endpoint.client.build_request(
-                    "GET", url, headers=request_headers, timeout=self._timeout()
+                    method, url, headers=request_headers, timeout=self._timeout(read_timeout)
                 )
                 response = endpoint.client.send(request, stream=True)
             if response.status_code != 401:
@@ -527,13 +636,20 @@ class Session:
             )
         try:
             body = response.json()
-        except ValueError:
+        except (ValueError, RecursionError):
             body = None
         token = None
         if isinstance(body, dict):
             token = body.get("token") or body.get("access_token")
         if not isinstance(token, str) or not token:
             raise Unavailable(f"{self._where(endpoint)}: token service {realm_name} gave no token")
+        with self._lock:
+            self._secrets.add(token)
+        if not _TOKEN_RE.match(token):
+            raise Unavailable(
+                f"{self._where(endpoint)}: token service {realm_name} gave a token that "
+                "cannot be sent (not visible ASCII)"
+            )
         return token
 
     def _check(self, response: httpx.Response, endpoint: Endpoint, what: str) -> None:
@@ -542,7 +658,7 @@ class Session:
             return
         with contextlib.suppress(httpx.HTTPError):
             response.read()
-        detail = _registry_message(response)
+        detail = self.safe(_registry_message(response))
         tail = f" ({detail})" if detail else ""
         where = self._where(endpoint)
         if status == 404:
@@ -571,14 +687,7 @@ class Session:
                 continue
             self.endpoint = endpoint
             return fetched
-        if len(failures) == 1:
-            raise failures[0]
-        for kind in _PRECEDENCE:
-            chosen = next((f for f in failures if isinstance(f, kind)), None)
-            if chosen is not None:
-                others = "; ".join(str(f) for f in failures if f is not chosen)
-                raise type(chosen)(f"{chosen} [other endpoints: {others}]")
-        raise failures[-1]
+        raise _most_telling(failures)
 
     def fetch_manifest(self, endpoint: Endpoint, reference: str, expected: str | None) -> Fetched:
         """GET one manifest, bounded in size, checked against its digest."""
@@ -628,6 +737,31 @@ class Session:
         """A manifest the resolved one refers to, by digest, from :attr:`endpoint`."""
         return self.fetch_manifest(self.endpoint, digest, digest)
 
+    def check_access(self, digest: str) -> None:
+        """Prove this session may pull the manifest ``digest`` (a HEAD, endpoints in order).
+
+        Raises what a fresh pull would: ImageNotFound, Unauthenticated,
+        PermissionDenied, Unavailable.
+        """
+        failures: list[CrishimError] = []
+        for endpoint in self.endpoints:
+            url = endpoint.url(self.repository, "manifests", digest)
+            try:
+                response = self._send(endpoint, url, {"Accept": MANIFEST_ACCEPT}, method="HEAD")
+                try:
+                    self._check(response, endpoint, f"manifest {digest}")
+                finally:
+                    response.close()
+            except (DeadlineExceeded, Cancelled):
+                raise
+            except CrishimError as exc:
+                log.info("%s", exc)
+                failures.append(exc)
+                continue
+            self.endpoint = endpoint
+            return
+        raise _most_telling(failures)
+
     @property
     def origin(self) -> str:
         """Where content comes from, for spans and messages: the endpoint's base URL."""
@@ -641,8 +775,51 @@ class Session:
     def blob(
         self, digest: str, writer: ByteSink, on_bytes: Callable[[int], None] | None = None
     ) -> None:
-        """Stream a blob from :attr:`endpoint` into ``writer``."""
-        self.download(self.endpoint, digest, writer, on_bytes)
+        """Stream a blob into ``writer``, resuming and failing over when it breaks.
+
+        Starts on :attr:`endpoint`. A download that breaks after some bytes
+        (a reset, a stall the :class:`Watchdog` sees) continues with an HTTP
+        Range request: a reset on the same endpoint, a stall on the next one
+        (the same when there is no other); the writer goes on hashing and
+        counting, so the whole blob is verified. After two retries the pull
+        fails UNAVAILABLE naming the blob, the endpoints and the rate seen.
+        """
+        done = [0]
+        order = [self.endpoint, *(e for e in self.endpoints if e is not self.endpoint)]
+        endpoint = order[0]
+        failures: list[str] = []
+        for attempt in range(3):
+            try:
+                self.download(endpoint, digest, writer, on_bytes, done=done)
+                return
+            except Stalled as exc:
+                failures.append(f"{endpoint.base}: {exc}")
+                nxt = order[(order.index(endpoint) + 1) % len(order)]
+            except (Unavailable, ImageNotFound) as exc:
+                if done[0] == 0 and len(order) == 1:
+                    raise  # nothing received and nowhere else to go
+                if isinstance(exc, ImageNotFound) and len(order) == 1:
+                    raise
+                failures.append(str(exc))
+                following = order[(order.index(endpoint) + 1) % len(order)]
+                # a reset after some bytes: once more where it broke, then elsewhere;
+                # an endpoint without the blob: the next one
+                resumable = done[0] and attempt == 0 and isinstance(exc, Unavailable)
+                nxt = endpoint if resumable else following
+            log.info(
+                "%s: blob %s broke after %d bytes at %s (%s); resuming at %s",
+                self.deadline.what,
+                digest,
+                done[0],
+                endpoint.base,
+                failures[-1],
+                nxt.base,
+            )
+            endpoint = nxt
+        raise Unavailable(
+            f"{self.deadline.what}: {self.host}: blob {digest} could not be downloaded "
+            f"({done[0]} bytes received): " + "; ".join(failures)
+        )
 
     def download(
         self,
@@ -650,22 +827,71 @@ class Session:
         digest: str,
         writer: ByteSink,
         on_bytes: Callable[[int], None] | None = None,
+        *,
+        done: list[int] | None = None,
     ) -> None:
-        """Stream a blob into ``writer`` (which hashes and bounds it)."""
+        """Stream a blob from ``endpoint`` into ``writer`` (which hashes and bounds it).
+
+        ``done[0]`` counts the bytes ``writer`` has had; when it is not 0 the
+        download resumes from there (Range), skipping what a server that
+        ignores the range sends again.
+        """
+        done = done if done is not None else [0]
+        offset = done[0]
         url = endpoint.url(self.repository, "blobs", digest)
-        response = self._send(endpoint, url, {})
+        headers = {"Range": f"bytes={offset}-"} if offset else {}
+        watchdog = self.watchdog
+        response = self._send(endpoint, url, headers, read_timeout=watchdog.stall)
         try:
-            self._check(response, endpoint, f"blob {digest}")
+            skip = 0
+            if offset and response.status_code == 206:
+                started = response.headers.get("content-range", "").partition(" ")[2]
+                if not started.startswith(f"{offset}-"):
+                    raise Unavailable(
+                        f"{self._where(endpoint)}: blob {digest}: the registry answered the "
+                        f"range from {offset} with {redact(started) or 'no range'}"
+                    )
+            else:
+                self._check(response, endpoint, f"blob {digest}")
+                skip = offset  # the whole blob again: what was written is skipped
             first = True
+            window_start = time.monotonic()
+            window_bytes = 0
             with self._network(endpoint):
-                for chunk in response.iter_raw():
+                stream = response.iter_raw()
+                while True:
+                    try:
+                        chunk = next(stream)
+                    except StopIteration:
+                        break
+                    except httpx.ReadTimeout:
+                        self.deadline.check()
+                        raise Stalled(f"no bytes for {watchdog.stall:g}s") from None
                     self.deadline.check()
+                    if skip:
+                        dropped = min(skip, len(chunk))
+                        skip -= dropped
+                        chunk = chunk[dropped:]
+                        if not chunk:
+                            continue
                     writer.write(chunk)
+                    done[0] += len(chunk)
                     if on_bytes is not None:
                         on_bytes(len(chunk))
                     if first:
                         first = False
                         fault_point("registry:mid-blob")
+                    if watchdog.min_rate:
+                        window_bytes += len(chunk)
+                        elapsed = time.monotonic() - window_start
+                        if elapsed >= watchdog.window:
+                            rate = window_bytes / elapsed
+                            if rate < watchdog.min_rate:
+                                raise Stalled(
+                                    f"{rate:.0f} bytes/s over {elapsed:.0f}s, under the "
+                                    f"{watchdog.min_rate} bytes/s min_pull_rate"
+                                )
+                            window_start, window_bytes = time.monotonic(), 0
         finally:
             response.close()
 
@@ -689,6 +915,8 @@ def json_object(data: bytes, what: str) -> dict[str, Any]:
         parsed = json.loads(data)
     except ValueError as exc:
         raise DataLoss(f"{what} is not valid JSON: {redact(str(exc))}") from None
+    except RecursionError:
+        raise DataLoss(f"{what} is nested too deep to be a manifest") from None
     if not isinstance(parsed, dict):
         raise DataLoss(f"{what} is not a JSON object")
     return parsed

@@ -137,6 +137,12 @@ class RegistryOptions(_Model):
     #: registry's own host over https (Docker Hub: registry-1.docker.io).
     endpoints: list[EndpointOptions] = Field(default_factory=list)
     credentials: CredentialOptions | None = None
+    #: A pull by digest of an image already held still proves, with the
+    #: request's credentials, that the registry grants it (a manifest HEAD)
+    #: before it is answered, so a pod without the credentials cannot use an
+    #: image another pod pulled (kubelet's KEP-2535 relies on it). ``false``
+    #: answers such pulls at once: only for public images and mirrors.
+    verify_held_images: bool = True
 
 
 class PullOptions(BackendOptions):
@@ -151,6 +157,14 @@ class PullOptions(BackendOptions):
     read_timeout: float = Field(default=60.0, gt=0, le=3600)
     #: Blobs of one pull downloaded at once.
     max_concurrent_downloads: int = Field(default=3, ge=1, le=64)
+    #: Seconds a blob download may go without receiving a byte before it is
+    #: abandoned (then resumed, on the next endpoint when there is one).
+    pull_progress_timeout: float = Field(default=60.0, gt=0, le=3600)
+    #: Bytes per second a blob download must average over
+    #: ``min_pull_rate_window`` seconds, else it is abandoned like a stalled
+    #: one; 0 (the default) turns the check off.
+    min_pull_rate: int = Field(default=0, ge=0)
+    min_pull_rate_window: float = Field(default=30.0, gt=0, le=3600)
     #: Honour HTTP(S)_PROXY / NO_PROXY from the environment.
     trust_env: bool = True
 

@@ -41,7 +41,7 @@ from crishim.oci.store import BlobMismatch
 from crishim.reference import Reference, RefKind
 from crishim.types import PullProgress, PullRequest
 
-from .client import Aborted, ByteSink, Deadline, Fetched, json_object
+from .client import Aborted, ByteSink, Deadline, Fetched, RegistryClient, json_object
 
 #: Image indexes may nest this deep (an index of indexes of manifests).
 MAX_INDEX_DEPTH = 2
@@ -190,12 +190,17 @@ def pull_request(
     tracer: trace.Tracer,
     request: PullRequest,
     fetch: Callable[[Reference, Deadline], ImageRecord],
+    registry: RegistryClient | None = None,
 ) -> ImageRecord:
     """What every pulling backend does with a PullImage before fetching.
 
     An image ID names no registry: it is answered when held, else
-    NOT_FOUND. A pull by digest of an image held answers at once (the
-    digest pins the content). Otherwise ``fetch(ref, deadline)`` runs in
+    NOT_FOUND. A pull by digest of an image held fetches nothing (the
+    digest pins the content) but, unless the registry's
+    ``verify_held_images`` is off, first proves with the request's
+    credentials that the registry grants the image (``registry``'s manifest
+    HEAD), failing as a fresh pull would: a pod without credentials cannot
+    use what another pod pulled. Otherwise ``fetch(ref, deadline)`` runs in
     the ``registry.pull`` span, with the request's deadline and
     cancellation.
     """
@@ -213,10 +218,14 @@ def pull_request(
         "crishim.registry": ref.domain,
         "crishim.image.reference": str(ref),
     }
-    with tracer.start_as_current_span("registry.pull", attributes=attributes):
+    with tracer.start_as_current_span("registry.pull", attributes=attributes) as span:
         if ref.digest:
             known = backend.get_image(ref)
             if known is not None:
+                if registry is not None and registry.verifies_held_images(ref.domain):
+                    span.add_event("verify held image")
+                    session = registry.session(ref, request.auth, deadline)
+                    session.check_access(ref.digest)
                 return known
         deadline.check()
         return fetch(ref, deadline)
@@ -338,6 +347,10 @@ class Puller:
         """Make every blob of ``plan`` present in ``sink``, several downloads at once."""
         blobs = plan.blobs()
         deadline = source.deadline
+        if progress is not None:
+            # every blob of the plan, before any starts: displays know the whole
+            for descriptor, kind in blobs:
+                progress(PullProgress(descriptor.digest, kind, descriptor.size, 0, "pending"))
         parent = otel_context.get_current()
         workers = min(self.max_concurrent_downloads, len(blobs))
 

@@ -12,6 +12,7 @@ same gRPC path kubelet uses::
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
@@ -28,7 +29,7 @@ from crishim.container import Application, make_application
 from crishim.cri.runtime.v1 import api_pb2, api_pb2_grpc
 from crishim.server import Server
 
-__all__ = ["SHORT_TEMPDIR_LIMIT", "RunningShim", "running_server", "short_tempdir"]
+__all__ = ["RunningShim", "running_server", "short_tempdir"]
 
 
 @dataclass
@@ -87,17 +88,19 @@ class RunningShim:
         return cast(api_pb2.ImageFsInfoResponse, response)
 
 
-#: The longest TMPDIR :func:`short_tempdir` uses (a socket path has 107 bytes).
-SHORT_TEMPDIR_LIMIT = 48
+#: Room a socket file name inside a short temp dir needs (``/crishim.sock``
+#: and mkdtemp's random part), under the 107 bytes a unix socket path holds.
+_SOCKET_ROOM = 40
+_MAX_SOCKET_PATH = 107
 
 
 def short_tempdir(prefix: str = "crishim-") -> Path:
-    """A new directory under ``/tmp``, short enough for a unix socket inside it.
+    """A new directory whose path is short enough for unix sockets inside it.
 
     A socket path is limited to 107 bytes, which pytest's ``tmp_path`` can
-    exceed; the caller removes the directory (``shutil.rmtree``). The
-    directory is made in ``TMPDIR`` when that path is short enough
-    (:data:`SHORT_TEMPDIR_LIMIT` characters), else in ``/tmp``.
+    exceed. The directory is made under ``TMPDIR`` (Python's temp dir) when
+    that leaves room for a socket path, else under ``/tmp``. The caller
+    removes it (``shutil.rmtree``).
 
     Example::
 
@@ -110,9 +113,9 @@ def short_tempdir(prefix: str = "crishim-") -> Path:
             shutil.rmtree(root, ignore_errors=True)
     """
     base = tempfile.gettempdir()
-    return Path(
-        tempfile.mkdtemp(prefix=prefix, dir=base if len(base) <= SHORT_TEMPDIR_LIMIT else "/tmp")
-    )
+    if len(os.fsencode(base)) + len(prefix) + _SOCKET_ROOM > _MAX_SOCKET_PATH:
+        base = "/tmp"
+    return Path(tempfile.mkdtemp(prefix=prefix, dir=base))
 
 
 @contextlib.contextmanager
@@ -163,57 +166,65 @@ def running_server(
     """
     sockdir = short_tempdir()
     try:
-        data = dict(config)
-        listen = f"unix://{sockdir}/crishim.sock"
-        data["server"] = {**dict(config.get("server", {})), "listen": listen}
-        data.setdefault("state_dir", str(sockdir / "state"))
-        settings = parse_settings(data, source="<test config>", base_dir=base_dir)
-        app = make_application(settings)
-        try:
-            if extra_plugins:
-                from dependency_injector import providers
-
-                from crishim.manager import load_plugins
-
-                app.plugins.override(
-                    providers.ThreadSafeSingleton(
-                        load_plugins,
-                        disabled=settings.plugins.disabled,
-                        strict=settings.plugins.strict,
-                        extra=list(extra_plugins),
-                    )
-                )
-            for name, value in (overrides or {}).items():
-                from dependency_injector import providers
-
-                getattr(app, name).override(providers.Object(value))
-            catalog = app.catalog()
-            try:
-                # a backend whose start raises still gets its close, and so
-                # do the ones started before it
-                catalog.start()
-                server = app.server()
-                channel: grpc.Channel | None = None
-                try:
-                    server.start()
-                    channel = grpc.insecure_channel(f"unix:{settings.socket_path}")
-                    grpc.channel_ready_future(channel).result(timeout=10)
-                    yield RunningShim(
-                        app=app,
-                        server=server,
-                        catalog=catalog,
-                        socket_path=settings.socket_path,
-                        channel=channel,
-                        images=api_pb2_grpc.ImageServiceStub(channel),
-                        health=health_pb2_grpc.HealthStub(channel),
-                    )
-                finally:
-                    if channel is not None:
-                        channel.close()
-                    server.stop(grace)
-            finally:
-                catalog.close()
-        finally:
-            app.shutdown_resources()
+        with _serving(sockdir, config, base_dir, extra_plugins, grace, overrides) as shim:
+            yield shim
     finally:
         shutil.rmtree(sockdir, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _serving(
+    sockdir: Path,
+    config: Mapping[str, Any],
+    base_dir: Path | None,
+    extra_plugins: Sequence[tuple[str, object]],
+    grace: float,
+    overrides: Mapping[str, object] | None,
+) -> Iterator[RunningShim]:
+    data = dict(config)
+    data["server"] = {**dict(config.get("server", {})), "listen": f"unix://{sockdir}/crishim.sock"}
+    data.setdefault("state_dir", str(sockdir / "state"))
+    settings = parse_settings(data, source="<test config>", base_dir=base_dir)
+    app = make_application(settings)
+    if extra_plugins:
+        from dependency_injector import providers
+
+        from crishim.manager import load_plugins
+
+        app.plugins.override(
+            providers.ThreadSafeSingleton(
+                load_plugins,
+                disabled=settings.plugins.disabled,
+                strict=settings.plugins.strict,
+                extra=list(extra_plugins),
+            )
+        )
+    for name, value in (overrides or {}).items():
+        from dependency_injector import providers
+
+        getattr(app, name).override(providers.Object(value))
+    catalog = app.catalog()
+    server: Server | None = None
+    channel: grpc.Channel | None = None
+    try:
+        catalog.start()
+        server = app.server()
+        server.start()
+        channel = grpc.insecure_channel(f"unix:{settings.socket_path}")
+        grpc.channel_ready_future(channel).result(timeout=10)
+        yield RunningShim(
+            app=app,
+            server=server,
+            catalog=catalog,
+            socket_path=settings.socket_path,
+            channel=channel,
+            images=api_pb2_grpc.ImageServiceStub(channel),
+            health=health_pb2_grpc.HealthStub(channel),
+        )
+    finally:
+        if channel is not None:
+            channel.close()
+        if server is not None:
+            server.stop(grace)
+        catalog.close()
+        app.shutdown_resources()

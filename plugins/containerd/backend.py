@@ -396,7 +396,7 @@ class ContainerdBackend(IndexedBackend):
             session = self.registry.session(ref, request.auth, deadline)
             return self._store(session, ref, request.progress, request.deadline)
 
-        return pull_request(self, self.name, self.tracer, request, fetch)
+        return pull_request(self, self.name, self.tracer, request, fetch, self.registry)
 
     def import_image(self, request: ImportRequest) -> ImageRecord:
         ref = request.ref

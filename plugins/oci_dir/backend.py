@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import logging
 import os
@@ -358,14 +359,11 @@ class OciDirBackend(IndexedBackend):
             if not doomed:
                 return
             keys: set[EntryKey] = {r.key for r in doomed}
-            try:
-                self.layout.remove_entries(keys)
-            except BrokenEntry as exc:
-                raise BackendError(self.name, str(exc)) from exc
             remaining = tuple(r for r in self._results if r.key not in keys)
+            freed = self._remove_entries(keys, doomed, remaining)
             self._index_identity = file_identity(self.layout.index_path)
             self._install(remaining)
-            deleted = self._collect(doomed, remaining)
+            deleted = freed + self._collect(doomed, remaining)
             log.info(
                 "backend %s: removed %s (%d index entries, %d blobs)",
                 self.name,
@@ -379,6 +377,45 @@ class OciDirBackend(IndexedBackend):
                     Scan(remaining, hashlib.sha256(data).hexdigest(), len(remaining))
                 )
         self._request_measure()
+
+    def _remove_entries(
+        self,
+        keys: set[EntryKey],
+        doomed: Sequence[EntryResult],
+        remaining: Sequence[EntryResult],
+    ) -> int:
+        """Rewrite index.json without the entries; on a full disk, make room first.
+
+        The rewrite needs room for the new index.json beside the old one. On
+        a full disk the blobs only the removed entries use are deleted first
+        (a crash then leaves entries whose blobs are gone: they are skipped,
+        the image is absent, as removed) and the rewrite is tried again.
+        Returns the blobs deleted that way.
+        """
+        try:
+            self.layout.remove_entries(keys)
+            return 0
+        except BrokenEntry as exc:
+            raise BackendError(self.name, str(exc)) from exc
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise BackendError(
+                    self.name, f"cannot rewrite {self.layout.index_path}: {exc.strerror}"
+                ) from exc
+        freed = self._collect(doomed, remaining)
+        log.warning(
+            "backend %s: the disk is full: deleted the %d blobs of the removed image "
+            "before rewriting index.json",
+            self.name,
+            freed,
+        )
+        try:
+            self.layout.remove_entries(keys)
+        except OSError as exc:
+            raise BackendError(
+                self.name, f"cannot rewrite {self.layout.index_path}: {exc.strerror}"
+            ) from exc
+        return freed
 
     def _collect(self, doomed: Sequence[EntryResult], remaining: Sequence[EntryResult]) -> int:
         """Delete the blobs only the removed entries kept alive."""

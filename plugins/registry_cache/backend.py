@@ -27,6 +27,7 @@ deleted in between finds them missing at step 3 and fetches them again.
 
 from __future__ import annotations
 
+import errno
 import logging
 import ssl
 import threading
@@ -187,15 +188,34 @@ class RegistryCacheBackend(IndexedBackend):
             if not doomed:
                 return
             keys: set[EntryKey] = {r.key for r in doomed}
-            self.store.update_index(
-                lambda entries: [e for e in entries if entry_key(e) not in keys]
-            )
-            self._refresh()
             live: set[str] = set()
             for result in self._results:
-                live.update(result.closure)
+                if result.key not in keys:
+                    live.update(result.closure)
             candidates = {d for r in doomed for d in r.closure} - live
-            deleted = self.store.delete(candidates)
+            freed = 0
+            try:
+                self.store.update_index(
+                    lambda entries: [e for e in entries if entry_key(e) not in keys]
+                )
+            except OSError as exc:
+                if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                    raise
+                # no room for the new index.json: the removed image's own blobs
+                # go first (a crash leaves its entries unservable: absent, as removed)
+                freed = self.store.delete(candidates)
+                log.warning(
+                    "backend %s: the disk is full: deleted the %d blobs of %s before "
+                    "rewriting index.json",
+                    self.name,
+                    freed,
+                    record.id,
+                )
+                self.store.update_index(
+                    lambda entries: [e for e in entries if entry_key(e) not in keys]
+                )
+            self._refresh()
+            deleted = freed + self.store.delete(candidates)
         log.info(
             "backend %s: removed %s (%d names, %d blobs)", self.name, record.id, len(keys), deleted
         )
@@ -227,7 +247,7 @@ class RegistryCacheBackend(IndexedBackend):
                 reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
                 raise BackendError(self.name, f"pull {ref}: store {self.root}: {reason}") from exc
 
-        return pull_request(self, self.name, self.tracer, request, fetch)
+        return pull_request(self, self.name, self.tracer, request, fetch, self.client)
 
     def _pull(self, ref: Reference, request: PullRequest, deadline: Deadline) -> ImageRecord:
         session = self.client.session(ref, request.auth, deadline)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from .helpers import BASIC_PASSWORD, BASIC_USER
 from .images import RegistryImages, build_images, push_images
 from .pki import Pki, make_pki
 from .process import RegistryProcess, registry_binary
@@ -72,3 +73,18 @@ def clean_proxy(proxy: TamperingProxy) -> Iterator[TamperingProxy]:
     finally:
         proxy.reset()
         proxy.wait_idle(10)
+
+
+@pytest.fixture(scope="session")
+def basic_registry(
+    registry: RegistryProcess, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RegistryProcess]:
+    """The session registry's storage behind htpasswd (bcrypt) basic auth."""
+    import bcrypt
+
+    workdir = tmp_path_factory.mktemp("registry-basic")
+    hashed = bcrypt.hashpw(BASIC_PASSWORD.encode(), bcrypt.gensalt(rounds=4, prefix=b"2a"))
+    htpasswd = workdir / "htpasswd"
+    htpasswd.write_text(f"{BASIC_USER}:{hashed.decode()}\n")
+    with RegistryProcess(registry.storage, workdir, htpasswd=htpasswd) as process:
+        yield process

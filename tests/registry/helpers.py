@@ -21,6 +21,11 @@ from crishim.testing.server import RunningShim
 from .images import PLATFORM, RegistryImages
 from .process import RegistryProcess
 
+#: The user the basic-auth registry (fixture ``basic_registry``) knows, and its
+#: password (a colon in it).
+BASIC_USER = "alice"
+BASIC_PASSWORD = "pa55:w0rd-with-colon"
+
 # -- configs ---------------------------------------------------------------------
 
 

@@ -6,9 +6,14 @@ back, and tests turn knobs on it:
 * ``tamper``: path suffixes (a digest or a tag) whose body gets one byte
   flipped (same length, wrong content);
 * ``rate``: bytes per second for blob bodies (to hold a pull mid-blob);
-* ``override``: path suffix -> (status, headers, body) served instead.
+* ``override``: path suffix -> (status, headers, body) served instead;
+* ``break_after``: path suffix -> bytes; that blob's body is cut there and
+  the connection dropped (once: the entry is removed when it fires);
+* ``stall_after``: path suffix -> bytes; that blob's body stops there and
+  nothing more is sent until the client gives up (once).
 
-It records GET counts per path and how many responses are in flight.
+It records GET counts per path, the Range headers it was sent, and how many
+responses are in flight.
 """
 
 from __future__ import annotations
@@ -32,6 +37,10 @@ class TamperingProxy:
     tamper: set[str] = field(default_factory=set)
     rate: float | None = None
     override: dict[str, tuple[int, dict[str, str], bytes]] = field(default_factory=dict)
+    break_after: dict[str, int] = field(default_factory=dict)
+    stall_after: dict[str, int] = field(default_factory=dict)
+    #: (path, Range header) of every GET that carried one.
+    ranges: list[tuple[str, str]] = field(default_factory=list)
     counts: Counter[str] = field(default_factory=Counter)
     #: Bytes of blob bodies sent, per path.
     sent: Counter[str] = field(default_factory=Counter)
@@ -60,6 +69,9 @@ class TamperingProxy:
             self.tamper.clear()
             self.rate = None
             self.override.clear()
+            self.break_after.clear()
+            self.stall_after.clear()
+            self.ranges.clear()
             self.counts.clear()
             self.sent.clear()
             self.blob_started.clear()
@@ -151,11 +163,22 @@ class TamperingProxy:
                     self.end_headers()
                     if method == "HEAD":
                         return
-                    is_blob = "/blobs/" in path and response.status == 200
+                    is_blob = "/blobs/" in path and response.status in (200, 206)
                     flip = proxy._match(proxy.tamper, path) is not None and response.status == 200
+                    cut = stall = None
+                    with proxy._cond:
+                        if is_blob and self.headers.get("Range"):
+                            proxy.ranges.append((path, str(self.headers["Range"])))
+                        key = proxy._match(proxy.break_after, path) if is_blob else None
+                        if key is not None:
+                            cut = proxy.break_after.pop(key)
+                        key = proxy._match(proxy.stall_after, path) if is_blob else None
+                        if key is not None:
+                            stall = proxy.stall_after.pop(key)
                     if is_blob:
                         proxy.blob_started.set()
                     pending = body_prefix
+                    sent = 0
                     while True:
                         chunk = pending or response.read(CHUNK)
                         pending = b""
@@ -164,6 +187,18 @@ class TamperingProxy:
                         if flip:
                             chunk = bytes([chunk[0] ^ 0x01]) + chunk[1:]
                             flip = False
+                        limit = cut if cut is not None else stall
+                        if limit is not None and sent + len(chunk) >= limit:
+                            self._send(chunk[: limit - sent], path)
+                            self.wfile.flush()
+                            if stall is not None:
+                                # hold the connection open, sending nothing
+                                self.connection.settimeout(60)
+                                with contextlib.suppress(OSError):
+                                    self.connection.recv(1)
+                            self.close_connection = True
+                            return
+                        sent += len(chunk)
                         self._send(chunk, path if is_blob else None)
                 finally:
                     upstream.close()
