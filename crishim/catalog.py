@@ -25,6 +25,7 @@ from dataclasses import dataclass, replace
 from operator import methodcaller
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from crishim import logs
 from crishim.errors import AmbiguousReference, BackendError, CrishimError, NotSupported
 from crishim.index import merge_records
 from crishim.model import Answer, FilesystemUsage, ImageRecord
@@ -108,6 +109,7 @@ class FilterChain:
         if verdict is None:
             verdict = self.verdict(record)
         if verdict.hidden:
+            logs.note_hidden(verdict.filter)
             log.debug(
                 "image %s (asked as %s) from backend %s is hidden by filter %s: %s",
                 record.id,

@@ -11,19 +11,38 @@ from typing import Any, NoReturn
 
 import click
 
-from crishim import __version__, logs
+from crishim import __version__, daemon, logs
 from crishim.catalog import Catalog
-from crishim.config import ConfigError, Settings, load_settings
-from crishim.container import Application, make_application
+from crishim.config import (
+    CONFIG_ENV,
+    SECRET_WORDS,
+    ConfigError,
+    Settings,
+    command_line_socket,
+    default_config_path,
+    load_settings,
+)
+from crishim.container import Application, check_config, make_application
 from crishim.errors import CrishimError
 from crishim.manager import PluginError, PluginInfo, load_plugins
-from crishim.server import SocketError, run_until_signalled
 from crishim.types import PullAuth, PullProgress, PullRequest
 
 log = logging.getLogger("crishim")
 
-EXIT_CONFIG = 2
-EXIT_RUNTIME = 1
+EXIT_CONFIG = daemon.EXIT_CONFIG
+EXIT_RUNTIME = daemon.EXIT_RUNTIME
+
+
+def _config_option(fn: Any) -> Any:
+    """``--config FILE``: default ``$CRISHIM_CONFIG``, else /etc/crishim/config.yaml."""
+    return click.option(
+        "--config",
+        "config_path",
+        default=default_config_path,
+        show_default=f"${CONFIG_ENV}, else /etc/crishim/config.yaml",
+        type=click.Path(dir_okay=False),
+        help="YAML config file.",
+    )(fn)
 
 
 def _fail(message: str, code: int) -> NoReturn:
@@ -57,18 +76,12 @@ def main() -> None:
 
 
 @main.command()
-@click.option(
-    "--config",
-    "config_path",
-    required=True,
-    type=click.Path(dir_okay=False),
-    help="YAML config file.",
-)
+@_config_option
 @click.option(
     "--listen",
     default=None,
     metavar="unix:///PATH",
-    help="Socket address; overrides server.listen.",
+    help="Socket address; overrides server.listen (a relative path: to the working directory).",
 )
 @click.option(
     "--strict-plugins",
@@ -77,32 +90,13 @@ def main() -> None:
     help="A plugin that fails to load stops start-up.",
 )
 def serve(config_path: str, listen: str | None, strict_plugins: bool | None) -> None:
-    """Serve runtime.v1.ImageService on a unix socket until SIGTERM/SIGINT."""
-    settings = _load(config_path)
-    if listen is not None:
-        try:
-            settings = settings.with_listen(listen)
-        except ValueError as exc:
-            _fail(f"--listen: {exc}", EXIT_CONFIG)
-    logs.configure(settings.logging.level, settings.logging.format)
-    app = make_application(settings, strict_plugins=strict_plugins)
-    catalog = _catalog(app)
-    try:
-        catalog.start()
-        server = app.server()
-        server.start()
-    except (SocketError, CrishimError) as exc:
-        catalog.close()
-        app.shutdown_resources()
-        _fail(str(exc), EXIT_RUNTIME)
-    try:
-        run_until_signalled(server, settings.server.grace_period)
-    finally:
-        catalog.close()
-        app.shutdown_resources()  # flushes spans and metrics still held
+    """Serve runtime.v1.ImageService on a unix socket.
 
-
-_SECRET_WORDS = ("password", "token", "secret", "auth", "credential", "key")
+    Until SIGTERM or SIGINT (in-flight calls get server.grace_period);
+    SIGHUP re-reads the config and swaps in its backends, filters, pins
+    and logging without dropping the socket.
+    """
+    sys.exit(daemon.serve(config_path, listen=listen, strict_plugins=strict_plugins))
 
 
 def _redact(value: object, key: str = "") -> object:
@@ -112,19 +106,24 @@ def _redact(value: object, key: str = "") -> object:
     if isinstance(value, list):
         return [_redact(v, key) for v in value]
     lowered = key.lower()
-    if value and any(word in lowered for word in _SECRET_WORDS) and not lowered.endswith("_file"):
+    if value and any(word in lowered for word in SECRET_WORDS) and not lowered.endswith("_file"):
         return "<redacted>"
     return value
 
 
 @main.command("check-config")
-@click.argument("config_path", type=click.Path(dir_okay=False))
-def check_config(config_path: str) -> None:
-    """Validate a config file; print the backends in order and the plugins found."""
-    settings = _load(config_path)
+@click.argument("config_path", required=False, type=click.Path(dir_okay=False))
+def check_config_command(config_path: str | None) -> None:
+    """Make every check serve makes; print the backends in order and the plugins found.
+
+    Every problem is reported, each with file, key, reason and the value
+    given; the exit status is 2 when there is any. CONFIG_PATH defaults to
+    $CRISHIM_CONFIG, else /etc/crishim/config.yaml.
+    """
+    path = config_path or default_config_path()
     _quiet_plugin_loading()
-    app = make_application(settings)
     try:
+        settings, app = check_config(path)
         plugins = app.plugins()
         handles = app.backends()
         filters = app.filters()
@@ -157,6 +156,67 @@ def check_config(config_path: str) -> None:
     click.echo(f"metrics: {metrics_setup.describe()}")
     _echo_plugins(plugins.infos)
     app.shutdown_resources()
+
+
+@main.group("config")
+def config_group() -> None:
+    """The config file."""
+
+
+@config_group.command("default")
+def config_default() -> None:
+    """Print a commented default config for a node (it validates as it is).
+
+    crishim config default > /etc/crishim/config.yaml
+    """
+    click.echo(default_config_text(), nl=False)
+
+
+def default_config_text() -> str:
+    from importlib.resources import files
+
+    return files("crishim").joinpath("default-config.yaml").read_text(encoding="utf-8")
+
+
+@main.command("health")
+@_config_option
+@click.option(
+    "--listen", default=None, metavar="unix:///PATH", help="Socket to ask (default: the config's)."
+)
+@click.option(
+    "--timeout", type=click.FloatRange(min=0, min_open=True), default=5.0, show_default=True
+)
+def health_command(config_path: str, listen: str | None, timeout: float) -> None:
+    """Ask the server's gRPC health service; exit 0 when it is SERVING.
+
+    A probe for systemd, monitoring or a human: prints SERVING (the backends
+    have started and the socket answers), NOT_SERVING (it is stopping) or
+    why it could not ask; exit status 1 unless SERVING.
+    """
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from crishim.server import SERVICE_NAME
+
+    if listen is None:
+        path = _load(config_path).socket_path
+    else:
+        try:
+            path = command_line_socket(listen)
+        except ValueError as exc:
+            _fail(f"--listen: {exc}", EXIT_CONFIG)
+    address = f"unix://{path}"
+    with grpc.insecure_channel(f"unix:{path}") as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        try:
+            reply = stub.Check(health_pb2.HealthCheckRequest(service=SERVICE_NAME), timeout=timeout)
+        except grpc.RpcError as exc:
+            click.echo(f"{address}: {exc.code().name}: {exc.details()}")
+            sys.exit(EXIT_RUNTIME)
+    status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+    click.echo(f"{address}: {status}")
+    if reply.status != health_pb2.HealthCheckResponse.SERVING:
+        sys.exit(EXIT_RUNTIME)
 
 
 @main.command("plugins")
@@ -203,13 +263,7 @@ EXIT_INTERRUPTED = 130
 
 
 @main.command("pull")
-@click.option(
-    "--config",
-    "config_path",
-    required=True,
-    type=click.Path(dir_okay=False),
-    help="YAML config file.",
-)
+@_config_option
 @click.option("--username", default=None, help="Registry username (password: --password-stdin).")
 @click.option("--password-stdin", is_flag=True, help="Read the registry password from stdin.")
 @click.option(
@@ -280,13 +334,7 @@ def pull_command(
 
 
 @main.command("import")
-@click.option(
-    "--config",
-    "config_path",
-    required=True,
-    type=click.Path(dir_okay=False),
-    help="YAML config file.",
-)
+@_config_option
 @click.option(
     "--name",
     default=None,
@@ -373,13 +421,7 @@ def import_command(config_path: str, name: str | None, quiet: bool, path: Path) 
 
 
 @main.command("images")
-@click.option(
-    "--config",
-    "config_path",
-    required=True,
-    type=click.Path(dir_okay=False),
-    help="YAML config file.",
-)
+@_config_option
 @click.option("--quiet", "-q", is_flag=True, help="Print image IDs only.")
 @click.option(
     "--debug",

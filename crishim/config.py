@@ -7,13 +7,24 @@ misspelt key silently ignored is a production incident waiting to happen.
 
 from __future__ import annotations
 
+import grp
+import os
 import re
+import stat
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 
 from crishim import reference
 from crishim.model import Platform, host_platform
@@ -23,7 +34,61 @@ DEFAULT_MESSAGE_SIZE = 16 * MiB
 DEFAULT_LISTEN = "unix:///run/crishim/crishim.sock"
 #: The status endpoint's socket, beside the CRI socket unless configured.
 STATUS_SOCKET_NAME = "crishim-status.sock"
+#: Where ``crishim serve`` (and every command taking ``--config``) reads its
+#: config when given none: ``$CRISHIM_CONFIG``, else this file.
+DEFAULT_CONFIG = "/etc/crishim/config.yaml"
+CONFIG_ENV = "CRISHIM_CONFIG"
+#: Longest path a unix socket address can hold on Linux (sun_path less the NUL).
+MAX_SOCKET_PATH = 107
 _NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9_-]{0,62})$")
+#: Key names whose values are never echoed in an error message.
+SECRET_WORDS = ("password", "token", "secret", "auth", "credential", "key", "headers")
+#: The pydantic validation context key holding the config file's directory;
+#: set when options are validated for a config, so paths are checked.
+PATH_CONTEXT = "crishim_config_dir"
+
+
+def default_config_path() -> str:
+    """``$CRISHIM_CONFIG`` if set, else /etc/crishim/config.yaml."""
+    return os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG
+
+
+def _check_path(value: str, info: ValidationInfo, *, directory: bool) -> str:
+    base = (info.context or {}).get(PATH_CONTEXT)
+    if base is None:  # validated outside a config file (tests, tools): not checked
+        return value
+    path = Path(value).expanduser()
+    if not path.is_absolute():
+        path = Path(base) / path
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise ValueError(f"{path} does not exist") from None
+    except OSError as exc:
+        raise ValueError(f"{path}: {exc.strerror or exc}") from None
+    if directory and not stat.S_ISDIR(st.st_mode):
+        raise ValueError(f"{path} is not a directory")
+    if not directory and stat.S_ISDIR(st.st_mode):
+        raise ValueError(f"{path} is a directory, not a file")
+    if not os.access(path, os.R_OK | (os.X_OK if directory else 0)):
+        raise ValueError(f"{path} is not readable by this user")
+    return value
+
+
+def _existing_directory(value: str, info: ValidationInfo) -> str:
+    return _check_path(value, info, directory=True)
+
+
+def _existing_file(value: str, info: ValidationInfo) -> str:
+    return _check_path(value, info, directory=False)
+
+
+#: An option naming a directory that must exist (relative: to the config
+#: file). Checked wherever a config's options are validated, so
+#: ``check-config`` and ``serve`` report it alike; for plugin option models.
+ExistingDirectory = Annotated[str, AfterValidator(_existing_directory)]
+#: An option naming a file that must exist and be readable (relative: to the config file).
+ExistingFile = Annotated[str, AfterValidator(_existing_file)]
 
 
 class ConfigError(Exception):
@@ -36,6 +101,17 @@ class ConfigError(Exception):
             f"{path}: {key}: {reason}" if key else f"{path}: {reason}" for key, reason in problems
         ]
         super().__init__("\n".join(lines))
+
+    @classmethod
+    def combine(cls, errors: Sequence[ConfigError]) -> ConfigError:
+        """One error holding the problems of several (of one file or another)."""
+        first = errors[0]
+        combined = cls(first.path, [p for e in errors for p in e.problems])
+        combined.args = ("\n".join(str(e) for e in errors),)
+        return combined
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
 
 
 class _Model(BaseModel):
@@ -69,6 +145,33 @@ class ServerSettings(_Model):
     status_listen: str | None = None
     #: Mode of the socket file.
     socket_mode: int = 0o660
+    #: Group (name or number) the socket file is given, so a non-root
+    #: kubelet in that group can connect; unset: the process's group.
+    socket_group: str | int | None = None
+
+    @field_validator("socket_group")
+    @classmethod
+    def _group(cls, value: str | int | None) -> str | int | None:
+        if value is None:
+            return None
+        if isinstance(value, int) or value.isdigit():
+            gid = int(value)
+            if not 0 <= gid < 2**32 - 1:
+                raise ValueError(f"group ID {gid} is out of range")
+            return gid
+        try:
+            grp.getgrnam(value)
+        except KeyError:
+            raise ValueError(f"no group named {value!r} on this host") from None
+        return value
+
+    @property
+    def socket_gid(self) -> int | None:
+        """The numeric group of ``socket_group``, or None."""
+        group = self.socket_group
+        if group is None or isinstance(group, int):
+            return group
+        return grp.getgrnam(group).gr_gid
 
     @field_validator("socket_mode", mode="before")
     @classmethod
@@ -340,9 +443,29 @@ class Settings(_Model):
         path = Path(self.state_dir).expanduser()
         return path if path.is_absolute() else (self.base_dir / path).resolve()
 
-    def with_listen(self, listen: str) -> Settings:
-        server = self.server.model_copy(update={"listen": ServerSettings._unix_only(listen)})
+    def with_listen(self, listen: str, cwd: Path | None = None) -> Settings:
+        """These settings listening on ``listen`` (a command-line address).
+
+        A relative ``unix://path`` is relative to ``cwd`` (default: the
+        working directory), as a path typed in a shell is; only the config
+        file's own ``server.listen`` resolves against the file's directory.
+        """
+        listen = f"unix://{command_line_socket(listen, cwd)}"
+        server = self.server.model_copy(update={"listen": listen})
         return self.model_copy(update={"server": server})
+
+
+def command_line_socket(listen: str, cwd: Path | None = None) -> Path:
+    """The socket a command-line ``unix://`` address names (relative: to ``cwd``)."""
+    raw = Path(ServerSettings._unix_only(listen).removeprefix("unix://")).expanduser()
+    path = raw if raw.is_absolute() else (cwd or Path.cwd()) / raw
+    _check_socket_length(path)
+    return path
+
+
+def _check_socket_length(path: Path) -> None:
+    if len(os.fsencode(path)) > MAX_SOCKET_PATH:
+        raise ValueError(f"socket path {path} is longer than {MAX_SOCKET_PATH} bytes")
 
 
 def _loc(loc: Sequence[int | str]) -> str:
@@ -355,15 +478,33 @@ def _loc(loc: Sequence[int | str]) -> str:
     return out
 
 
+def _is_secret(loc: Sequence[int | str]) -> bool:
+    for part in loc:
+        lowered = str(part).lower()
+        if any(w in lowered for w in SECRET_WORDS) and not lowered.endswith("_file"):
+            return True
+    return False
+
+
+def _echo(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
 def _problems(exc: ValidationError, prefix: Sequence[int | str] = ()) -> list[tuple[str, str]]:
     problems = []
     for err in exc.errors(include_url=False):
+        loc = [*prefix, *err["loc"]]
         message = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             message = "unknown key"
         elif err["type"] == "missing":
             message = "required key is missing"
-        problems.append((_loc([*prefix, *err["loc"]]), message))
+        elif err["type"] != "value_error" and not _is_secret(loc):
+            # pydantic's own wording never says what it was given; a
+            # value_error is ours and names the value where it helps
+            message += f" (got {_echo(err['input'])})"
+        problems.append((_loc(loc), message))
     return problems
 
 
@@ -377,24 +518,39 @@ def parse_settings(
         settings = Settings.model_validate(dict(data))
     except ValidationError as exc:
         raise ConfigError(source, _problems(exc)) from None
-    return settings.model_copy(update={"source": source, "base_dir": base_dir or Path.cwd()})
+    settings = settings.model_copy(update={"source": source, "base_dir": base_dir or Path.cwd()})
+    try:
+        _check_socket_length(settings.socket_path)
+    except ValueError as exc:
+        raise ConfigError(source, [("server.listen", str(exc))]) from None
+    return settings
 
 
-def load_settings(path: str | Path) -> Settings:
-    """Read, parse and validate a YAML config file; raises ConfigError."""
+def read_config(path: str | Path) -> Any:
+    """The YAML document of a config file, not yet validated; raises ConfigError."""
     p = Path(path)
+    if p.is_dir():
+        raise ConfigError(str(p), [("", "is a directory, not a config file")])
     try:
         text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        hint = "does not exist (`crishim config default` prints a config to start from)"
+        raise ConfigError(str(p), [("", hint)]) from None
     except OSError as exc:
         raise ConfigError(str(p), [("", f"cannot read: {exc.strerror or exc}")]) from None
     try:
-        data = yaml.safe_load(text)
+        return yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
         problem = getattr(exc, "problem", None) or str(exc)
         raise ConfigError(str(p), [("", f"not valid YAML: {where}{problem}")]) from None
-    return parse_settings(data, source=str(p), base_dir=p.resolve().parent)
+
+
+def load_settings(path: str | Path) -> Settings:
+    """Read, parse and validate a YAML config file; raises ConfigError."""
+    p = Path(path)
+    return parse_settings(read_config(p), source=str(p), base_dir=p.resolve().parent)
 
 
 M = TypeVar("M", bound=BaseModel)
@@ -403,10 +559,23 @@ M = TypeVar("M", bound=BaseModel)
 def validate_options(
     settings: Settings, index: int, model: type[M], section: str = "backends"
 ) -> M:
-    """Validate ``backends[index].options`` (or ``filters[index]``) with a type's model."""
+    """Validate ``backends[index].options`` (or ``filters[index]``) with a type's model.
+
+    Paths the model declares as :data:`ExistingDirectory` or
+    :data:`ExistingFile` are checked against the file system, relative
+    ones against the config file's directory.
+    """
     entries = (settings.filters or []) if section == "filters" else settings.backends
-    raw = entries[index].options
+    return check_options(
+        settings.source, settings.base_dir, (section, index), entries[index].options, model
+    )
+
+
+def check_options(
+    source: str, base_dir: Path, where: tuple[str, int], raw: Any, model: type[M]
+) -> M:
+    """Validate one entry's raw ``options`` as a config's (paths checked); raises ConfigError."""
     try:
-        return model.model_validate(raw)
+        return model.model_validate(raw, context={PATH_CONTEXT: base_dir})
     except ValidationError as exc:
-        raise ConfigError(settings.source, _problems(exc, (section, index, "options"))) from None
+        raise ConfigError(source, _problems(exc, (*where, "options"))) from None

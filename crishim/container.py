@@ -9,7 +9,9 @@ imports dependency-injector; tests swap a provider with ``.override()``.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 from dependency_injector import containers, providers
 from opentelemetry import trace
@@ -18,7 +20,8 @@ from pydantic import ValidationError
 from crishim import config as config_mod
 from crishim import metrics, tracing
 from crishim.catalog import BackendHandle, Catalog, FilterHandle, PinnedPolicy
-from crishim.config import ConfigError, FilterSettings, Settings
+from crishim.config import ConfigError, FilterSettings, PluginSettings, Settings
+from crishim.live import LiveCatalog
 from crishim.manager import PluginError, PluginManager, load_plugins
 from crishim.pulls import PullBoard
 from crishim.server import Server
@@ -93,7 +96,7 @@ def build_filters(settings: Settings, plugins: PluginManager) -> list[FilterHand
             if t.default_chain_options is not None
         ]
         if entries:
-            log.info("filters: the default chain: %s", ", ".join(e.name for e in entries))
+            log.debug("filters: the default chain: %s", ", ".join(e.name for e in entries))
     else:
         entries = settings.filters
     handles: list[FilterHandle] = []
@@ -220,10 +223,12 @@ class Application(containers.DeclarativeContainer):
         slow_after=settings.provided.server.slow_pull_seconds,
         meter_provider=meter_provider,
     )
+    #: what the service asks: ``catalog``, until a reload swaps in another
+    live_catalog = providers.ThreadSafeSingleton(LiveCatalog, catalog)
 
     service = providers.ThreadSafeSingleton(
         ImageService,
-        catalog=catalog,
+        catalog=live_catalog,
         max_send_message_size=settings.provided.server.max_send_message_size,
         stream_batch_bytes=settings.provided.server.stream_batch_bytes,
         max_concurrent_pulls=settings.provided.server.max_concurrent_pulls,
@@ -252,6 +257,7 @@ class Application(containers.DeclarativeContainer):
         max_recv_message_size=settings.provided.server.max_recv_message_size,
         max_send_message_size=settings.provided.server.max_send_message_size,
         socket_mode=settings.provided.server.socket_mode,
+        socket_gid=settings.provided.server.socket_gid,
         interceptors=interceptors,
     )
 
@@ -263,3 +269,137 @@ def make_application(settings: Settings, *, strict_plugins: bool | None = None) 
         settings = settings.model_copy(update={"plugins": plugins})
     app = Application(settings=settings)
     return app
+
+
+#: Providers a reload takes over from the running application: telemetry
+#: lives as long as the process (the server's interceptors hold it).
+SHARED_ON_RELOAD = ("tracer_provider", "meter_provider", "prometheus", "plugin_telemetry")
+
+
+def make_successor(running: Application, settings: Settings) -> Application:
+    """An application for a reloaded config that shares ``running``'s telemetry.
+
+    Only its catalog (backends, filters, pins) is used: the server, the
+    servicer and the telemetry providers stay those of ``running``, so
+    ``settings`` should carry the running ``server``, ``tracing`` and
+    ``metrics`` sections (:func:`crishim.daemon.reloadable`).
+    """
+    app = Application(settings=settings)
+    for name in SHARED_ON_RELOAD:
+        getattr(app, name).override(providers.Object(getattr(running, name)()))
+    return app
+
+
+def release_catalog(app: Application) -> None:
+    """Drop the container's references to its catalog and what it built.
+
+    After a reload swapped the catalog out and closed it, this lets its
+    indexes be freed; the container's other providers stay usable.
+    """
+    for provider in (app.catalog, app.backends, app.filters, app.pinned):
+        provider.reset()
+
+
+def check_config(
+    path: str | Path,
+    *,
+    listen: str | None = None,
+    strict_plugins: bool | None = None,
+    make: Callable[[Settings], Application] | None = None,
+    on_settings: Callable[[Settings], None] | None = None,
+) -> tuple[Settings, Application]:
+    """Every check ``serve`` makes before it starts, every problem in one ConfigError.
+
+    The schema, then every backend's and filter's options with its type's
+    model (paths checked against the file system), then tracing and
+    metrics. When the schema fails, the options of every entry that names
+    a known type are still checked, so one pass shows all that is wrong.
+    Returns the settings and an application whose backends are built (not
+    started). ``make`` builds the application (default: make_application);
+    ``on_settings`` is called once the schema holds, before anything is built
+    (``serve`` configures logging there, so building logs where it should).
+    """
+    source = str(path)
+    base_dir = Path(path).resolve().parent
+    data = config_mod.read_config(path)
+    try:
+        settings = config_mod.parse_settings(data, source=source, base_dir=base_dir)
+    except ConfigError as exc:
+        problems = list(exc.problems)
+        problems += _raw_option_problems(data, source, base_dir, strict_plugins, problems)
+        raise ConfigError(source, problems) from None
+    if listen is not None:
+        try:
+            settings = settings.with_listen(listen)
+        except ValueError as exc:
+            raise ConfigError("--listen", [("", str(exc))]) from None
+    if on_settings is not None:
+        on_settings(settings)
+    if make is None:
+        app = make_application(settings, strict_plugins=strict_plugins)
+    else:
+        app = make(settings)
+    errors = []
+    for build in (app.backends, app.filters, app.tracing_setup, app.metrics_setup):
+        try:
+            build()
+        except ConfigError as exc:
+            errors.append(exc)
+    if errors:
+        raise ConfigError.combine(errors)
+    return settings, app
+
+
+def _raw_option_problems(
+    data: Any,
+    source: str,
+    base_dir: Path,
+    strict_plugins: bool | None,
+    found: list[tuple[str, str]],
+) -> list[tuple[str, str]]:
+    """Option problems of the entries of a config whose schema failed."""
+    if not isinstance(data, Mapping):
+        return []
+    try:
+        plugin_settings = PluginSettings.model_validate(data.get("plugins") or {})
+    except Exception:
+        plugin_settings = PluginSettings()
+    try:
+        plugins = load_plugins(
+            disabled=plugin_settings.disabled,
+            strict=plugin_settings.strict if strict_plugins is None else strict_plugins,
+        )
+        kinds: dict[str, Mapping[str, Any]] = {
+            "backends": plugins.backend_types(),
+            "filters": plugins.filter_types(),
+        }
+    except PluginError:
+        return []  # said again, on its own, once the schema is fixed
+    known = {key for key, _ in found}
+    problems: list[tuple[str, str]] = []
+    for section, types in kinds.items():
+        entries = data.get(section)
+        if not isinstance(entries, list):
+            continue
+        for i, entry in enumerate(entries):
+            if not isinstance(entry, Mapping) or entry.get("enabled", True) is False:
+                continue
+            kind = types.get(entry.get("type"))  # type: ignore[arg-type]
+            if kind is None:
+                if isinstance(entry.get("type"), str) and f"{section}[{i}].type" not in known:
+                    installed = ", ".join(sorted(types)) or "none"
+                    what = section[:-1]
+                    problems.append(
+                        (
+                            f"{section}[{i}].type",
+                            f"unknown {what} type {entry['type']!r} (installed: {installed})",
+                        )
+                    )
+                continue
+            try:
+                config_mod.check_options(
+                    source, base_dir, (section, i), entry.get("options", {}), kind.options_model
+                )
+            except ConfigError as exc:
+                problems.extend(p for p in exc.problems if p[0] not in known)
+    return problems

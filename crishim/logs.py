@@ -2,9 +2,24 @@
 
 from __future__ import annotations
 
+import contextvars
 import json
 import logging
 import sys
+
+#: The filters that hid an image during the current CRI call; set (to a
+#: list) only while a call is logged at debug level, else None.
+HIDDEN_BY: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar(
+    "crishim_hidden_by", default=None
+)
+
+
+def note_hidden(filter_name: str) -> None:
+    """A filter hid an image during this call: said on the call's debug line."""
+    hidden = HIDDEN_BY.get()
+    if hidden is not None and filter_name not in hidden:
+        hidden.append(filter_name)
+
 
 # syslog priorities, which journald reads from a "<N>" line prefix
 _JOURNAL_PRIORITY = {

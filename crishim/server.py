@@ -11,38 +11,44 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import signal
 import socket
 import stat
 import threading
 from collections.abc import Sequence
 from concurrent import futures
 from pathlib import Path
-from types import FrameType
-from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from crishim.config import MAX_SOCKET_PATH
 from crishim.service import ImageService, add_image_service
 from crishim.status import StatusEndpoint
 
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = "runtime.v1.ImageService"
-#: Longest path a unix socket address can hold on Linux (sun_path less the NUL).
-MAX_SOCKET_PATH = 107
 
 
 class SocketError(Exception):
     """The socket cannot be created or is owned by a live server."""
 
 
-def prepare_socket_path(path: Path) -> None:
-    """Make the parent directory; replace a stale socket, never a live one."""
+def prepare_socket_path(path: Path, gid: int | None = None) -> None:
+    """Make the parent directory; replace a stale socket, never a live one.
+
+    A parent directory this creates is ``0750``, of group ``gid`` when one
+    is given (so members of the socket's group can reach the socket).
+    """
     if len(os.fsencode(path)) > MAX_SOCKET_PATH:
         raise SocketError(f"socket path {path} is longer than {MAX_SOCKET_PATH} bytes")
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o750)
+    if not path.parent.is_dir():
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o750)
+            if gid is not None:
+                os.chown(path.parent, -1, gid)
+        except OSError as exc:
+            raise SocketError(f"cannot create {path.parent}: {exc.strerror or exc}") from exc
     try:
         st = path.lstat()
     except FileNotFoundError:
@@ -77,6 +83,7 @@ class Server:
         max_recv_message_size: int = 16 * 1024 * 1024,
         max_send_message_size: int = 16 * 1024 * 1024,
         socket_mode: int = 0o660,
+        socket_gid: int | None = None,
         interceptors: Sequence[grpc.ServerInterceptor] = (),
         status: StatusEndpoint | None = None,
     ) -> None:
@@ -84,6 +91,7 @@ class Server:
         self.socket_mode = socket_mode
         #: The status endpoint, started and stopped with the CRI socket.
         self.status = status
+        self.socket_gid = socket_gid
         self.health = health.HealthServicer()
         self._stopped = threading.Event()
         self._socket_inode: int | None = None
@@ -102,7 +110,7 @@ class Server:
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._grpc)
 
     def start(self) -> None:
-        prepare_socket_path(self.socket_path)
+        prepare_socket_path(self.socket_path, self.socket_gid)
         # bind(2) creates the socket file with the process's umask: make that
         # give socket_mode, so the socket is never, even briefly, more open
         # (the umask is process-wide; meanwhile it only makes new files stricter)
@@ -114,7 +122,17 @@ class Server:
         finally:
             os.umask(previous)
         self._grpc.start()
-        os.chmod(self.socket_path, self.socket_mode)
+        try:
+            # the mode and group are set before anyone is told the socket serves
+            os.chmod(self.socket_path, self.socket_mode)
+            if self.socket_gid is not None:
+                os.chown(self.socket_path, -1, self.socket_gid)
+        except OSError as exc:
+            self._grpc.stop(None)
+            self.socket_path.unlink(missing_ok=True)
+            raise SocketError(
+                f"cannot set the mode or group of {self.socket_path}: {exc.strerror or exc}"
+            ) from exc
         self._socket_inode = self.socket_path.stat().st_ino
         if self.status is not None:
             try:
@@ -124,7 +142,7 @@ class Server:
                 self.status = None
         for name in ("", SERVICE_NAME):
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
-        log.info("serving %s on unix://%s", SERVICE_NAME, self.socket_path)
+        log.debug("serving %s on unix://%s", SERVICE_NAME, self.socket_path)
 
     def stop(self, grace: float) -> None:
         """Stop accepting calls, let in-flight ones finish within ``grace`` seconds."""
@@ -137,7 +155,7 @@ class Server:
         if self.status is not None:
             self.status.stop()
         self._remove_socket()
-        log.info("stopped")
+        log.debug("server stopped; socket %s removed", self.socket_path)
 
     def wait(self, timeout: float | None = None) -> bool:
         return self._grpc.wait_for_termination(timeout)  # type: ignore[no-any-return]
@@ -152,23 +170,3 @@ class Server:
                 self.socket_path.unlink()
         except FileNotFoundError:
             pass
-
-
-def run_until_signalled(server: Server, grace: float) -> None:
-    """Serve until SIGTERM or SIGINT, then stop gracefully."""
-    stop = threading.Event()
-
-    def _on_signal(signum: int, frame: FrameType | None) -> None:
-        log.info("received %s", signal.Signals(signum).name)
-        stop.set()
-
-    previous: dict[signal.Signals, Any] = {}
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        previous[sig] = signal.signal(sig, _on_signal)
-    try:
-        while not stop.wait(3600):
-            pass
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-        server.stop(grace)

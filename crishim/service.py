@@ -17,15 +17,14 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import replace
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import grpc
 from google.protobuf.message import DecodeError, Message
 
 from crishim import errors, reference, tracing
-from crishim.catalog import Catalog
 from crishim.cri.runtime.v1 import api_pb2, api_pb2_grpc
-from crishim.model import Answer
+from crishim.model import Answer, FilesystemUsage
 from crishim.oci.layout import chain_id
 from crishim.pulls import PullBoard, PullState
 from crishim.reference import Reference
@@ -254,12 +253,29 @@ def _deadline(remaining: float | None) -> float | None:
     return time.monotonic() + remaining
 
 
+class CatalogCalls(Protocol):
+    """What the servicer asks of a catalog (a :class:`~crishim.catalog.Catalog`, or
+    the :class:`~crishim.live.LiveCatalog` that swaps catalogs on reload)."""
+
+    def image_status(self, ref: Reference) -> Answer | None: ...
+
+    def list_images(self, ref: Reference | None = None) -> list[Answer]: ...
+
+    def remove_image(self, ref: Reference) -> Answer | None: ...
+
+    def pull_image(self, request: PullRequest) -> Answer: ...
+
+    def pulling_backend(self) -> str: ...
+
+    def filesystem_usage(self) -> list[FilesystemUsage]: ...
+
+
 class ImageService(api_pb2_grpc.ImageServiceServicer):
     """The ``runtime.v1.ImageService`` servicer."""
 
     def __init__(
         self,
-        catalog: Catalog,
+        catalog: CatalogCalls,
         *,
         max_send_message_size: int,
         stream_batch_bytes: int = DEFAULT_STREAM_BATCH_BYTES,

@@ -631,9 +631,9 @@ def test_a_third_party_filter_type_is_found_and_configured(tmp_path: Path) -> No
         assert shim.status("example.com/app:1").image.id == pinned.id
 
 
-def test_an_unknown_filter_type_stops_start_up() -> None:
+def test_an_unknown_filter_type_stops_start_up(tmp_path: Path) -> None:
     settings = parse_settings(
-        {**make_config(backend("a", "/nonexistent")), "filters": [{"name": "x", "type": "nope"}]}
+        {**make_config(backend("a", str(tmp_path))), "filters": [{"name": "x", "type": "nope"}]}
     )
     with pytest.raises(ConfigError, match=r"filters\[0\]\.type: unknown filter type"):
         make_application(settings).catalog()

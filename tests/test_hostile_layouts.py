@@ -259,15 +259,24 @@ def test_a_fifo_appearing_at_run_time_does_not_freeze_re_indexing(
         assert _served(shim, GOOD)
 
 
-def test_a_layout_that_cannot_start_costs_that_backend_only(
+def test_a_backend_that_cannot_start_costs_that_backend_only(
     tmp_path: Path, healthy: tuple[Path, BuiltImage]
 ) -> None:
+    # a missing layout is a config error (check-config); a store that cannot be
+    # opened is found only when the backend starts
     healthy_root, image = healthy
-    missing = tmp_path / "not-there"
-    with running_server(_config(missing, healthy_root)) as shim:
+    not_a_directory = tmp_path / "file"
+    not_a_directory.write_text("not a store")
+    config = {
+        "backends": [
+            {"name": "victim", "type": "registry-cache", "options": {"path": str(not_a_directory)}},
+            {"name": "healthy", "type": "oci-dir", "options": {"path": str(healthy_root)}},
+        ]
+    }
+    with running_server(config) as shim:
         assert shim.status(GOOD).image.id == image.id
         assert "victim" in shim.catalog.failed
-        assert str(missing) in shim.catalog.failed["victim"]
+        assert str(not_a_directory) in shim.catalog.failed["victim"]
 
 
 def _wait_for(check: Callable[[], bool], timeout: float = 20) -> None:

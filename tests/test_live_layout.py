@@ -430,7 +430,7 @@ def test_valid_snapshot_is_served_at_start(
     with caplog.at_level(logging.INFO), running_server(_config(builder.root, state=state)) as shim:
         assert shim.status("example.com/rm/doomed:1.0").SerializeToString() == first
         assert shim.status(kept.id).HasField("image")
-    assert any("served from snapshot" in r.getMessage() for r in caplog.records)
+    assert any("from the snapshot of" in r.getMessage() for r in caplog.records)
 
 
 def test_stale_snapshot_is_detected_and_rebuilt(
@@ -447,7 +447,7 @@ def test_stale_snapshot_is_detected_and_rebuilt(
         assert shim.status("example.com/rm/added:1").image.id == added.id
     messages = [r.getMessage() for r in caplog.records]
     assert any("snapshot is stale" in m for m in messages)
-    assert not any("served from snapshot" in m for m in messages)
+    assert not any("from the snapshot of" in m for m in messages)
 
 
 @pytest.mark.parametrize("damage", ["flip-byte", "truncate", "garbage", "empty"])
@@ -473,9 +473,9 @@ def test_corrupt_snapshot_is_never_served(
         assert shim.status("example.com/rm/doomed:1.0").SerializeToString() == expected
     messages = [r.getMessage() for r in caplog.records]
     assert any("not used" in m for m in messages), messages
-    assert not any("served from snapshot" in m for m in messages)
+    assert not any("from the snapshot of" in m for m in messages)
     # and it was rewritten: the next start serves from it
     caplog.clear()
     with caplog.at_level(logging.INFO), running_server(_config(builder.root, state=state)):
         pass
-    assert any("served from snapshot" in r.getMessage() for r in caplog.records)
+    assert any("from the snapshot of" in r.getMessage() for r in caplog.records)

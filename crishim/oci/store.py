@@ -206,6 +206,7 @@ class ContentStore:
             marker = self.root / "oci-layout"
             if not marker.exists():
                 atomic_write(marker, LAYOUT_MARKER)
+            self._check_version(marker)
             if not self.index_path.exists():
                 atomic_write(self.index_path, self._dump({"schemaVersion": 2, "manifests": []}))
             removed = self._clean_temp_files()
@@ -214,6 +215,18 @@ class ContentStore:
                     "store %s: removed %d temp files of interrupted writes", self.root, removed
                 )
             self.remeasure()
+
+    def _check_version(self, marker: Path) -> None:
+        """The store's format is its OCI layout version: 1.x is read, anything else refused."""
+        try:
+            version = json.loads(marker.read_bytes()).get("imageLayoutVersion")
+        except (OSError, ValueError, AttributeError):
+            version = None
+        if not isinstance(version, str) or version.split(".")[0] != "1":
+            raise StoreError(
+                f"store {self.root}: {marker.name} says imageLayoutVersion {version!r}; "
+                "this crishim reads 1.x stores only (written by a newer crishim?)"
+            )
 
     def close(self) -> None:
         if self._lock_fd is not None:

@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
+from crishim.config import ExistingFile
 from crishim.types import BackendOptions
 
 #: docker.io is served from this host (as docker and containerd do).
@@ -53,10 +54,10 @@ class EndpointOptions(_Model):
     #: Allow plain HTTP to this endpoint (an explicit opt-in).
     plain_http: bool = False
     #: PEM bundle of CAs trusted for this endpoint, in addition to the system's.
-    ca_file: str | None = None
+    ca_file: ExistingFile | None = None
     #: PEM client certificate (and ``client_key``) for mutual TLS.
-    client_cert: str | None = None
-    client_key: str | None = None
+    client_cert: ExistingFile | None = None
+    client_key: ExistingFile | None = None
     #: Do not verify the server's certificate (an explicit opt-in; insecure).
     skip_verify: bool = False
 

@@ -27,6 +27,7 @@ from pathlib import Path
 from pydantic import Field, field_validator
 
 from crishim import reference
+from crishim.config import ExistingDirectory
 from crishim.errors import BackendError, ReadOnly
 from crishim.model import FilesystemUsage, ImageRecord
 from crishim.oci import snapshot
@@ -50,7 +51,7 @@ SNAPSHOT_DELAY = 2.0
 
 class OciDirOptions(BackendOptions):
     #: The layout directory (holding ``oci-layout``, ``index.json``, ``blobs/``).
-    path: str
+    path: ExistingDirectory
     #: Repository for ``org.opencontainers.image.ref.name`` values that are a
     #: bare tag (``v1.0``): they become ``<repository>:<tag>``.
     repository: str = ""
@@ -122,7 +123,7 @@ class OciDirBackend(IndexedBackend):
         seed = self._load_snapshot()
         if seed is None or not self._serve_snapshot(seed):
             self.refresh(previous=None if seed is None else seed[0])
-        log.info(
+        log.debug(
             "backend %s: ready with %d images in %.2fs",
             self.name,
             len(self.index),
@@ -178,7 +179,13 @@ class OciDirBackend(IndexedBackend):
             self._install(results)
             if usage is not None:
                 self._usage = (usage,)
-        log.info("backend %s: served from snapshot (%d entries)", self.name, len(results))
+        log.info(
+            "backend %s: %d images from the snapshot of %s (%d index.json entries)",
+            self.name,
+            len(self.index),
+            self.root,
+            len(results),
+        )
         self._request_measure()
         return True
 

@@ -28,6 +28,7 @@ from collections.abc import Iterator, Sequence
 
 from pydantic import Field
 
+from crishim.config import ExistingDirectory, ExistingFile
 from crishim.errors import BackendError, ReadOnly
 from crishim.model import FilesystemUsage, ImageRecord
 from crishim.oci.layout import Layout, file_identity, measure
@@ -45,10 +46,13 @@ USAGE_INTERVAL = 60.0
 
 
 class JsonCatalogOptions(BackendOptions):
+    # ExistingFile and ExistingDirectory: check-config (and serve) report a
+    # missing path with its key, before anything starts
+
     #: The catalogue file (relative: to the config file).
-    catalog: str
+    catalog: ExistingFile
     #: The store holding ``blobs/<algorithm>/<hex>`` (relative: to the config file).
-    store: str
+    store: ExistingDirectory
     #: Seconds between checks of the catalogue for changes; 0: read once at start.
     rescan_interval: float = Field(default=2.0, ge=0)
 

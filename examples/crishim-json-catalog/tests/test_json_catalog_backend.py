@@ -160,23 +160,45 @@ def test_reading_the_catalogue_is_bounded(tmp_path: Path, monkeypatch: pytest.Mo
 
 
 @pytest.mark.parametrize(
+    ("make", "key", "message"),
+    [
+        (lambda root: (root / "store").mkdir(), "catalog", "does not exist"),
+        (lambda root: (root / "catalog.json").write_text("[]"), "store", "does not exist"),
+    ],
+    ids=["no-catalogue", "no-store"],
+)
+def test_a_missing_path_is_a_config_error_naming_its_key(
+    tmp_path: Path, make: Callable[[Path], object], key: str, message: str
+) -> None:
+    make(tmp_path)
+    config = tmp_path / "crishim.yaml"
+    config.write_text(
+        "backends:\n  - name: catalog\n    type: json-catalog\n"
+        "    options: {catalog: catalog.json, store: store}\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "crishim.cli", "check-config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert f"backends[0].options.{key}" in result.stderr and message in result.stderr
+
+
+@pytest.mark.parametrize(
     ("make", "message"),
     [
-        (lambda root: (root / "store" / "blobs").mkdir(parents=True), "cannot read the catalogue"),
-        (lambda root: (root / "catalog.json").write_text("[]"), "has no blobs/ directory"),
-        (
-            lambda root: (
-                (root / "store" / "blobs").mkdir(parents=True),
-                (root / "catalog.json").write_text('{"images": {}}'),
-            ),
-            'has no "images" list',
-        ),
+        (lambda root: (root / "store").mkdir(), "has no blobs/ directory"),
+        (lambda root: (root / "store" / "blobs").mkdir(parents=True), 'has no "images" list'),
     ],
-    ids=["no-catalogue", "no-store", "no-images-list"],
+    ids=["no-blobs", "no-images-list"],
 )
 def test_a_backend_that_cannot_start_says_why(
     tmp_path: Path, make: Callable[[Path], object], message: str
 ) -> None:
+    (tmp_path / "catalog.json").write_text('{"images": {}}')
     make(tmp_path)
     settings = parse_settings(
         {"backends": [{"name": "catalog", "type": "json-catalog", "options": options(tmp_path)}]},
