@@ -16,6 +16,7 @@ record and kept with it; with no filters configured nothing is judged.
 from __future__ import annotations
 
 import contextvars
+import copy
 import logging
 import queue
 import threading
@@ -26,11 +27,25 @@ from operator import methodcaller
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from crishim import logs
-from crishim.errors import AmbiguousReference, BackendError, CrishimError, NotSupported
+from crishim.errors import (
+    AmbiguousReference,
+    BackendError,
+    CrishimError,
+    InvalidRequest,
+    NotSupported,
+)
 from crishim.index import merge_records
 from crishim.model import Answer, FilesystemUsage, ImageRecord
 from crishim.reference import Reference, RefKind
-from crishim.types import VISIBLE, Backend, Filter, Puller, PullRequest, Verdict
+from crishim.types import (
+    VISIBLE,
+    Backend,
+    Filter,
+    HandlerAware,
+    Puller,
+    PullRequest,
+    Verdict,
+)
 
 if TYPE_CHECKING:
     from crishim.tracing import PluginTelemetry
@@ -69,6 +84,8 @@ class BackendHandle:
     backend: Backend
     #: Seconds a call may take (lookups, lists, usage); None: called directly.
     timeout: float | None = None
+    #: The CRI runtime handlers the backend serves (``""``: the default one).
+    runtime_handlers: tuple[str, ...] = ("",)
 
 
 @dataclass(frozen=True)
@@ -266,6 +283,12 @@ class Catalog:
             for h in self.backends
             if h.timeout is not None
         }
+        #: The runtime handler this catalog answers for: ``""`` here; a route
+        #: (:meth:`route`) answers for its own.
+        self.runtime_handler = ""
+        self._routes: dict[str, Catalog] = {}
+        #: The ``backends`` the routes were made for (made again when it changes).
+        self._routed: tuple[BackendHandle, ...] | None = None
 
     # -- lifecycle -------------------------------------------------------
 
@@ -305,6 +328,132 @@ class Catalog:
                 log.exception("backend %s failed to close", handle.name)
         for caller in self._timed.values():
             caller.close()
+
+    # -- runtime handlers --------------------------------------------------
+
+    def _make_routes(self) -> dict[str, Catalog]:
+        """One catalog per runtime handler over the backends serving it, in order.
+
+        When every backend serves the default handler, this catalog is that
+        handler's route. A route shares everything else (filters, pins,
+        telemetry, worker pools) with this catalog; only the backends it asks
+        differ. A handler-aware backend is asked for its view of the handler.
+        """
+        by_handler: dict[str, list[BackendHandle]] = {}
+        for handle in self.backends:
+            for handler in handle.runtime_handlers:
+                view = handle
+                if handler and isinstance(handle.backend, HandlerAware):
+                    view = replace(handle, backend=handle.backend.for_runtime_handler(handler))
+                by_handler.setdefault(handler, []).append(view)
+        if not by_handler:
+            return {"": self}
+        routes: dict[str, Catalog] = {}
+        for handler, handles in by_handler.items():
+            if handler == "" and len(handles) == len(self.backends):
+                routes[handler] = self
+                continue
+            route = copy.copy(self)
+            route.backends = tuple(handles)
+            route.runtime_handler = handler
+            route._routes, route._routed = {handler: route}, route.backends
+            routes[handler] = route
+        return routes
+
+    def _current_routes(self) -> dict[str, Catalog]:
+        """The routes for the backends as they are now (start-up may leave some out)."""
+        if self._routed is not self.backends:
+            self._routes = self._make_routes()
+            self._routed = self.backends
+        return self._routes
+
+    @property
+    def runtime_handlers(self) -> tuple[str, ...]:
+        """Every runtime handler some backend serves, in the order backends name them."""
+        return tuple(self._current_routes())
+
+    def route(self, handler: str) -> Catalog:
+        """The catalog answering calls for ``handler`` (ImageSpec's ``runtime_handler``).
+
+        A handler no configured backend serves is INVALID_ARGUMENT (the CRI:
+        an unknown handler is rejected), naming the known ones.
+        """
+        routes = self._current_routes()
+        route = routes.get(handler)
+        if route is None:
+            known = ", ".join(repr(h) for h in routes) or "none"
+            shown = handler if len(handler) <= 80 else handler[:77] + "..."
+            raise InvalidRequest(
+                f"runtime handler {shown!r} is not served by any configured backend "
+                f"(known runtime handlers: {known}; '' is the default)"
+            )
+        return route
+
+    def list_images_every_handler(self) -> list[Answer]:
+        """ListImages without a handler: every image once, by ID, across handlers.
+
+        An image two handlers share (one platform, so one ID) is one entry,
+        answered for the first handler that has it, with the names of all.
+        """
+        routes = self._current_routes()
+        if len(routes) == 1 and routes.get(self.runtime_handler) is self:
+            return self.list_images()
+        merged: dict[str, tuple[Answer, Catalog]] = {}
+        for route in routes.values():
+            for answer in route.list_images():
+                seen = merged.get(answer.record.id)
+                if seen is None:
+                    merged[answer.record.id] = (answer, route)
+                    continue
+                first, owner = seen
+                record = merge_records(first.record, answer.record)
+                if record is not first.record:
+                    merged[answer.record.id] = (owner._answer(record, first.backend), owner)
+        return [answer for answer, _ in merged.values()]
+
+    def filesystems(self) -> tuple[list[FilesystemUsage], list[FilesystemUsage]]:
+        """ImageFsInfo: (image filesystems, container filesystems).
+
+        One image filesystem per mountpoint, summed over the backends that
+        share it, the first pulling backend's first (where new images land,
+        and the one entry kubelet reads), then in configured order. One
+        container filesystem per mountpoint, as the first backend reporting
+        it says (they are the runtime's, reported by the backends in front
+        of it).
+        """
+        order = list(self.backends)
+        puller = self._first_puller()
+        if puller is not None:
+            order.remove(puller)
+            order.insert(0, puller)
+        images: dict[str, FilesystemUsage] = {}
+        containers: dict[str, FilesystemUsage] = {}
+        for handle in order:
+            usages = self._call(handle, "filesystem_usage", lambda b: list(b.filesystem_usage()))
+            for usage in usages or ():
+                if usage.container:
+                    containers.setdefault(usage.mountpoint, usage)
+                    continue
+                seen = images.get(usage.mountpoint)
+                if seen is None:
+                    images[usage.mountpoint] = usage
+                else:
+                    images[usage.mountpoint] = FilesystemUsage(
+                        mountpoint=usage.mountpoint,
+                        used_bytes=seen.used_bytes + usage.used_bytes,
+                        inodes_used=seen.inodes_used + usage.inodes_used,
+                        timestamp_ns=max(seen.timestamp_ns, usage.timestamp_ns),
+                    )
+        return list(images.values()), list(containers.values())
+
+    def _first_puller(self) -> BackendHandle | None:
+        """The backend PullImage goes to for the default handler (else for any)."""
+        default = self._current_routes().get("")
+        for candidates in (default.backends if default is not None else (), self.backends):
+            for handle in candidates:
+                if isinstance(handle.backend, Puller):
+                    return next(h for h in self.backends if h.name == handle.name)
+        return None
 
     # -- calls -----------------------------------------------------------
 
@@ -353,22 +502,8 @@ class Catalog:
         return answer
 
     def filesystem_usage(self) -> list[FilesystemUsage]:
-        """Usage per filesystem, summed over backends that share one."""
-        by_mount: dict[str, FilesystemUsage] = {}
-        for handle in self.backends:
-            usages = self._call(handle, "filesystem_usage", lambda b: list(b.filesystem_usage()))
-            for usage in usages or ():
-                seen = by_mount.get(usage.mountpoint)
-                if seen is None:
-                    by_mount[usage.mountpoint] = usage
-                else:
-                    by_mount[usage.mountpoint] = FilesystemUsage(
-                        mountpoint=usage.mountpoint,
-                        used_bytes=seen.used_bytes + usage.used_bytes,
-                        inodes_used=seen.inodes_used + usage.inodes_used,
-                        timestamp_ns=max(seen.timestamp_ns, usage.timestamp_ns),
-                    )
-        return list(by_mount.values())
+        """Usage per image filesystem, summed over backends that share one (see filesystems)."""
+        return self.filesystems()[0]
 
     def pulling_backend(self) -> str:
         """The name of the backend PullImage goes to ("" when none pulls)."""
@@ -379,8 +514,12 @@ class Catalog:
 
         With no pulling backend configured, an image already present is its
         own pull (kubelet's ``Always`` policy keeps working on read-only
-        nodes); an absent one is FAILED_PRECONDITION.
+        nodes); an absent one is FAILED_PRECONDITION. The pull goes down the
+        route of ``request.runtime_handler`` (:meth:`route`).
         """
+        route = self.route(request.runtime_handler)
+        if route is not self:
+            return route.pull_image(request)
         ref = request.ref
         for handle in self.backends:
             if isinstance(handle.backend, Puller):
@@ -467,11 +606,13 @@ class Catalog:
 
     def _answer(self, record: ImageRecord, backend: str) -> Answer:
         """The Answer for a record, made once per (record, backend) and kept."""
-        answer: Answer | None = record.cache.get(backend)
+        handler = self.runtime_handler
+        key: object = (backend, handler) if handler else backend
+        answer: Answer | None = record.cache.get(key)
         if answer is None:
             pinned = record.pinned or (bool(self.pinned) and self.pinned.is_pinned(record))
-            answer = Answer(record, backend, pinned)
-            record.cache[backend] = answer
+            answer = Answer(record, backend, pinned, handler)
+            record.cache[key] = answer
         return answer
 
     def _call(self, handle: BackendHandle, what: str, fn: Callable[[Backend], T]) -> T | None:

@@ -90,6 +90,9 @@ ExistingDirectory = Annotated[str, AfterValidator(_existing_directory)]
 #: An option naming a file that must exist and be readable (relative: to the config file).
 ExistingFile = Annotated[str, AfterValidator(_existing_file)]
 
+#: A RuntimeClass handler is a DNS-1123 label (Kubernetes validates it so).
+_HANDLER_RE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+
 
 class ConfigError(Exception):
     """The config is wrong; ``str()`` is what an operator needs to fix it."""
@@ -236,6 +239,12 @@ class BackendSettings(_Model):
     #: answer is given up (logged, the next backend asked). Unset: calls are
     #: direct, with no thread hand-off.
     timeout: float | None = Field(default=None, gt=0, le=600)
+    #: The CRI runtime handlers (RuntimeClass handlers) this backend serves;
+    #: ``""`` is the default handler, what calls without one ask for.
+    runtime_handlers: list[str] = Field(default_factory=lambda: [""], min_length=1)
+    #: The platform this backend resolves image indexes to, and so the
+    #: platform of every handler it serves (unset: the top-level ``platform``).
+    platform: PlatformSettings | None = None
 
     @field_validator("name")
     @classmethod
@@ -245,6 +254,19 @@ class BackendSettings(_Model):
                 "must be 1-63 characters of a-z, 0-9, '-' and '_', starting with a letter or digit"
             )
         return value
+
+    @field_validator("runtime_handlers")
+    @classmethod
+    def _handlers(cls, values: list[str]) -> list[str]:
+        for value in values:
+            if value and not _HANDLER_RE.match(value):
+                raise ValueError(
+                    f"{value[:80]!r} is not a runtime handler name (a RuntimeClass handler: "
+                    "1-63 characters of a-z, 0-9 and '-', or \"\" for the default handler)"
+                )
+        if len(set(values)) != len(values):
+            raise ValueError("a runtime handler is listed twice")
+        return values
 
 
 class FilterSettings(_Model):
@@ -466,6 +488,37 @@ def command_line_socket(listen: str, cwd: Path | None = None) -> Path:
 def _check_socket_length(path: Path) -> None:
     if len(os.fsencode(path)) > MAX_SOCKET_PATH:
         raise ValueError(f"socket path {path} is longer than {MAX_SOCKET_PATH} bytes")
+
+
+def backend_platform(settings: Settings, entry: BackendSettings) -> Platform:
+    """The platform a backend resolves image indexes to: its own, else the top-level one."""
+    return (entry.platform or settings.platform).resolve()
+
+
+def handler_platform_problems(settings: Settings) -> list[tuple[str, str]]:
+    """Config problems of runtime handlers: one served by backends of different platforms.
+
+    A handler resolves image indexes to one platform, so the enabled
+    backends serving it must agree on it.
+    """
+    first: dict[str, tuple[str, Platform]] = {}
+    problems: list[tuple[str, str]] = []
+    for i, entry in enumerate(settings.backends):
+        if not entry.enabled:
+            continue
+        platform = backend_platform(settings, entry)
+        for handler in entry.runtime_handlers:
+            seen = first.setdefault(handler, (entry.name, platform))
+            if seen[1] != platform:
+                problems.append(
+                    (
+                        f"backends[{i}].runtime_handlers",
+                        f"runtime handler {handler!r} is served by backend {seen[0]} for "
+                        f"platform {seen[1]} and by {entry.name} for {platform}: a handler has "
+                        "one platform (serve the other platform under a handler of its own)",
+                    )
+                )
+    return problems
 
 
 def _loc(loc: Sequence[int | str]) -> str:

@@ -40,9 +40,8 @@ def build_backends(
 ) -> list[BackendHandle]:
     """One instance per enabled ``backends[]`` entry, in config order."""
     types = plugins.backend_types()
-    platform = settings.platform.resolve()
     handles: list[BackendHandle] = []
-    problems: list[tuple[str, str]] = []
+    problems: list[tuple[str, str]] = config_mod.handler_platform_problems(settings)
     for i, entry in enumerate(settings.backends):
         if not entry.enabled:
             continue
@@ -65,18 +64,33 @@ def build_backends(
             continue
         context = BackendContext(
             name=entry.name,
-            platform=platform,
+            platform=config_mod.backend_platform(settings, entry),
             config_dir=settings.base_dir,
             state_dir=settings.state_path / "backends" / entry.name,
             tracer_provider=tracer_provider or trace.NoOpTracerProvider(),
             is_pinned=(pinned or PinnedPolicy(settings.pinned)).matches,
+            runtime_handlers=tuple(entry.runtime_handlers),
         )
         backend: Backend = backend_type.factory(context, options)
-        handles.append(BackendHandle(entry.name, entry.type, backend, timeout=entry.timeout))
+        handles.append(
+            BackendHandle(
+                entry.name,
+                entry.type,
+                backend,
+                timeout=entry.timeout,
+                runtime_handlers=context.runtime_handlers,
+            )
+        )
     if problems:
         raise ConfigError(settings.source, problems)
     if not handles:
         raise ConfigError(settings.source, [("backends", "every backend is disabled")])
+    if not any("" in h.runtime_handlers for h in handles):
+        log.warning(
+            "no backend serves the default runtime handler ''; calls that name no runtime "
+            "handler (every call of a kubelet without RuntimeClassInImageCriApi) are "
+            "INVALID_ARGUMENT"
+        )
     return handles
 
 

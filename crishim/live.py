@@ -93,20 +93,27 @@ class LiveCatalog:
 
     # -- calls -----------------------------------------------------------
 
+    def route(self, handler: str) -> LiveRoute:
+        """The calls of runtime handler ``handler``; each resolves the route on
+        the generation current when it runs (an unknown handler is
+        INVALID_ARGUMENT then, as :meth:`Catalog.route` says)."""
+        return LiveRoute(self, handler)
+
     def image_status(self, ref: Reference) -> Answer | None:
-        return self._run("ImageStatus", ref, lambda c: c.image_status(ref), _found)
+        return self.route("").image_status(ref)
 
     def list_images(self, ref: Reference | None = None) -> list[Answer]:
-        return self._run(
-            "ListImages", ref or "", lambda c: c.list_images(ref), lambda a: f"{len(a)} images"
-        )
+        return self.route("").list_images(ref)
 
     def remove_image(self, ref: Reference) -> Answer | None:
+        return self.route("").remove_image(ref)
+
+    def list_images_every_handler(self) -> list[Answer]:
         return self._run(
-            "RemoveImage",
-            ref,
-            lambda c: c.remove_image(ref),
-            lambda a: "miss" if a is None else f"removed from {a.backend} ({_short(a.record.id)})",
+            "ListImages",
+            "",
+            lambda c: c.list_images_every_handler(),
+            lambda a: f"{len(a)} images",
         )
 
     def pull_image(self, request: PullRequest) -> Answer:
@@ -120,10 +127,16 @@ class LiveCatalog:
     def pulling_backend(self) -> str:
         return self._current.catalog.pulling_backend()
 
-    def filesystem_usage(self) -> list[FilesystemUsage]:
+    def filesystems(self) -> tuple[list[FilesystemUsage], list[FilesystemUsage]]:
         return self._run(
-            "ImageFsInfo", "", lambda c: c.filesystem_usage(), lambda u: f"{len(u)} filesystems"
+            "ImageFsInfo",
+            "",
+            lambda c: c.filesystems(),
+            lambda u: f"{len(u[0])} image and {len(u[1])} container filesystems",
         )
+
+    def filesystem_usage(self) -> list[FilesystemUsage]:
+        return self.filesystems()[0]
 
     def _run(
         self,
@@ -167,3 +180,40 @@ class LiveCatalog:
             return result
         finally:
             HIDDEN_BY.reset(token)
+
+
+class LiveRoute:
+    """One runtime handler's calls on a :class:`LiveCatalog`."""
+
+    __slots__ = ("_handler", "_live")
+
+    def __init__(self, live: LiveCatalog, handler: str) -> None:
+        self._live = live
+        self._handler = handler
+
+    def _subject(self, ref: object) -> str:
+        return f"{ref} (runtime handler {self._handler})" if self._handler else str(ref or "")
+
+    def image_status(self, ref: Reference) -> Answer | None:
+        handler = self._handler
+        return self._live._run(
+            "ImageStatus", self._subject(ref), lambda c: c.route(handler).image_status(ref), _found
+        )
+
+    def list_images(self, ref: Reference | None = None) -> list[Answer]:
+        handler = self._handler
+        return self._live._run(
+            "ListImages",
+            self._subject(ref),
+            lambda c: c.route(handler).list_images(ref),
+            lambda a: f"{len(a)} images",
+        )
+
+    def remove_image(self, ref: Reference) -> Answer | None:
+        handler = self._handler
+        return self._live._run(
+            "RemoveImage",
+            self._subject(ref),
+            lambda c: c.route(handler).remove_image(ref),
+            lambda a: "miss" if a is None else f"removed from {a.backend} ({_short(a.record.id)})",
+        )

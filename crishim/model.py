@@ -181,6 +181,12 @@ class ImageRecord:
     #: config blob and vouches for the image; filters that judge OCI
     #: compliance from the config take its word (there is no blob to check).
     upstream: str = ""
+    #: Set for OCI artifacts (an image manifest whose config is the empty
+    #: descriptor, or which names an ``artifactType``): the artifact type
+    #: (the manifest's ``artifactType``, else its config media type). An
+    #: artifact is not a runnable image: its ``id`` is its manifest digest,
+    #: it has no image config and no user. Empty for images.
+    artifact_type: str = ""
 
     #: Opaque per-record cache for the catalog and service layers (answers,
     #: verdicts); keys are private objects or backend names. Not
@@ -237,6 +243,9 @@ class FilesystemUsage:
     inodes_used: int
     #: When this was measured: ``time.time_ns()`` (nanoseconds since the epoch).
     timestamp_ns: int
+    #: True for a filesystem where the runtime keeps containers (ImageFsInfo's
+    #: ``container_filesystems``, a split image filesystem), not images.
+    container: bool = False
 
 
 @dataclass(slots=True, eq=False)
@@ -251,5 +260,7 @@ class Answer:
     record: ImageRecord
     backend: str
     pinned: bool = False
+    #: The runtime handler the image was answered for (``Image.spec.runtime_handler``).
+    runtime_handler: str = ""
     #: Opaque, filled by the service layer: the ready non-verbose reply.
     wire: bytes | None = field(default=None, repr=False)

@@ -146,7 +146,11 @@ def image_message(answer: Answer) -> api_pb2.Image:
         repo_digests=record.repo_digests,
         size=record.size,
         username=username,
-        spec=api_pb2.ImageSpec(image=record.id, annotations=dict(record.annotations)),
+        spec=api_pb2.ImageSpec(
+            image=record.id,
+            annotations=dict(record.annotations),
+            runtime_handler=answer.runtime_handler,
+        ),
         pinned=answer.pinned,
     )
     if uid is not None:
@@ -221,13 +225,20 @@ def verbose_info(answer: Answer) -> dict[str, str]:
         "imageSpec": spec,
         "chainID": record.chain_id or _chain_id_of(spec),
         "backend": answer.backend,
+        "runtimeHandler": answer.runtime_handler,
         "source": record.source,
         "manifestDigest": record.manifest_digest,
         "manifestMediaType": record.manifest_media_type,
+        "artifactType": record.artifact_type,
+        "extra": dict(record.extra),
     }
-    if record.extra:
-        info["extra"] = dict(record.extra)
     return {"info": json.dumps(info, sort_keys=True, separators=(",", ":"))}
+
+
+def _echoed(request_spec: api_pb2.ImageSpec) -> str:
+    """The request's ``user_specified_image`` if it is to be echoed (bounded), else ""."""
+    text = request_spec.user_specified_image
+    return text if len(text) <= reference.MAX_REFERENCE_LENGTH else ""
 
 
 #: A "time remaining" beyond this means the caller set no deadline: grpcio
@@ -253,9 +264,8 @@ def _deadline(remaining: float | None) -> float | None:
     return time.monotonic() + remaining
 
 
-class CatalogCalls(Protocol):
-    """What the servicer asks of a catalog (a :class:`~crishim.catalog.Catalog`, or
-    the :class:`~crishim.live.LiveCatalog` that swaps catalogs on reload)."""
+class RouteCalls(Protocol):
+    """The calls of one runtime handler's route."""
 
     def image_status(self, ref: Reference) -> Answer | None: ...
 
@@ -263,11 +273,20 @@ class CatalogCalls(Protocol):
 
     def remove_image(self, ref: Reference) -> Answer | None: ...
 
+
+class CatalogCalls(Protocol):
+    """What the servicer asks of a catalog (a :class:`~crishim.catalog.Catalog`, or
+    the :class:`~crishim.live.LiveCatalog` that swaps catalogs on reload)."""
+
+    def route(self, handler: str) -> RouteCalls: ...
+
+    def list_images_every_handler(self) -> list[Answer]: ...
+
     def pull_image(self, request: PullRequest) -> Answer: ...
 
     def pulling_backend(self) -> str: ...
 
-    def filesystem_usage(self) -> list[FilesystemUsage]: ...
+    def filesystems(self) -> tuple[list[FilesystemUsage], list[FilesystemUsage]]: ...
 
 
 class ImageService(api_pb2_grpc.ImageServiceServicer):
@@ -295,20 +314,26 @@ class ImageService(api_pb2_grpc.ImageServiceServicer):
         self, request: api_pb2.ImageStatusRequest, context: grpc.ServicerContext
     ) -> api_pb2.ImageStatusResponse | bytes:
         ref = _parse(request.image.image)
-        answer = self.catalog.image_status(ref)
+        answer = self.catalog.route(request.image.runtime_handler).image_status(ref)
         tracing.note_answer(ref, answer)
         if answer is None:
             return _EMPTY_STATUS
-        if not request.verbose:
+        user_specified = _echoed(request.image)
+        if not request.verbose and not user_specified:
             return image_status_bytes(answer)
+        # the CRI: user_specified_image is set when the call's context has it
         response = api_pb2.ImageStatusResponse(image=image_message(answer))
-        response.info.update(verbose_info(answer))
+        response.image.spec.user_specified_image = user_specified
+        if request.verbose:
+            response.info.update(verbose_info(answer))
         return response
 
     def _answers(self, request: Any) -> list[Answer]:
-        text = request.filter.image.image if request.HasField("filter") else ""
-        ref = _parse(text, "filter image reference") if text else None
-        return self.catalog.list_images(ref)
+        spec = request.filter.image if request.HasField("filter") else api_pb2.ImageSpec()
+        ref = _parse(spec.image, "filter image reference") if spec.image else None
+        if ref is None and not spec.runtime_handler:
+            return self.catalog.list_images_every_handler()
+        return self.catalog.route(spec.runtime_handler).list_images(ref)
 
     def _wire(self, answers: list[Answer]) -> Iterator[bytes]:
         """Each answer's ready bytes; an answer that cannot be encoded (a backend's
@@ -390,6 +415,8 @@ class ImageService(api_pb2_grpc.ImageServiceServicer):
             deadline=_deadline(remaining),
             cancelled=lambda: not context.is_active(),
             annotations=dict(request.image.annotations),
+            runtime_handler=request.image.runtime_handler,
+            user_specified_image=_echoed(request.image),
         )
         state = self.board.enter(ref, self.catalog.pulling_backend())
         outcome = "error"
@@ -455,7 +482,7 @@ class ImageService(api_pb2_grpc.ImageServiceServicer):
         self, request: api_pb2.RemoveImageRequest, context: grpc.ServicerContext
     ) -> api_pb2.RemoveImageResponse:
         ref = _parse(request.image.image)
-        removed = self.catalog.remove_image(ref)
+        removed = self.catalog.route(request.image.runtime_handler).remove_image(ref)
         tracing.note_answer(ref, removed)
         if removed is not None:
             log.info("removed image %s (%s)", removed.record.id, ref.raw)
@@ -466,13 +493,17 @@ class ImageService(api_pb2_grpc.ImageServiceServicer):
         self, request: api_pb2.ImageFsInfoRequest, context: grpc.ServicerContext
     ) -> api_pb2.ImageFsInfoResponse:
         now = time.time_ns()
-        filesystems = [
-            api_pb2.FilesystemUsage(
-                timestamp=usage.timestamp_ns or now,
-                fs_id=api_pb2.FilesystemIdentifier(mountpoint=usage.mountpoint),
-                used_bytes=api_pb2.UInt64Value(value=usage.used_bytes),
-                inodes_used=api_pb2.UInt64Value(value=usage.inodes_used),
-            )
-            for usage in self.catalog.filesystem_usage()
-        ]
-        return api_pb2.ImageFsInfoResponse(image_filesystems=filesystems)
+        images, containers = self.catalog.filesystems()
+        return api_pb2.ImageFsInfoResponse(
+            image_filesystems=[_usage_message(u, now) for u in images],
+            container_filesystems=[_usage_message(u, now) for u in containers],
+        )
+
+
+def _usage_message(usage: FilesystemUsage, now: int) -> api_pb2.FilesystemUsage:
+    return api_pb2.FilesystemUsage(
+        timestamp=usage.timestamp_ns or now,
+        fs_id=api_pb2.FilesystemIdentifier(mountpoint=usage.mountpoint),
+        used_bytes=api_pb2.UInt64Value(value=usage.used_bytes),
+        inodes_used=api_pb2.UInt64Value(value=usage.inodes_used),
+    )

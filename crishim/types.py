@@ -48,6 +48,7 @@ __all__ = [
     "FilterContext",
     "FilterOptions",
     "FilterType",
+    "HandlerAware",
     "ImportRequest",
     "Importer",
     "IndexedBackend",
@@ -123,6 +124,10 @@ class BackendContext:
     #: store records pins (containerd's CRI pin label) use it when they name
     #: an image; everyone else can ignore it: the catalog reports pins.
     is_pinned: Callable[[Iterable[str]], bool] = field(default=lambda names: False)
+    #: The CRI runtime handlers this instance serves (``backends[].runtime_handlers``;
+    #: ``""`` is the default handler). Every one of them resolves image indexes to
+    #: ``platform``: a handler of another platform is another backend instance.
+    runtime_handlers: tuple[str, ...] = ("",)
 
     def resolve_path(self, path: str | Path) -> Path:
         """An option path made absolute against the config file's directory."""
@@ -278,6 +283,14 @@ class PullRequest:
     #: Called (from any thread) as blobs are fetched, for progress displays
     #: such as ``crishim pull``; None for PullImage calls.
     progress: Callable[[PullProgress], None] | None = field(default=None, compare=False)
+    #: ``ImageSpec.runtime_handler``: the runtime handler the image is pulled
+    #: for (``""``: the default). The catalog only asks backends that serve it,
+    #: so a backend pulls for its own ``context.platform``; one that forwards
+    #: to another CRI runtime passes it on.
+    runtime_handler: str = ""
+    #: ``ImageSpec.user_specified_image``: the reference as the pod spec
+    #: wrote it, when kubelet knows it (``""`` otherwise); for policies and logs.
+    user_specified_image: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -337,6 +350,28 @@ class Puller(Protocol):
     """
 
     def pull_image(self, request: PullRequest) -> ImageRecord: ...
+
+
+@runtime_checkable
+class HandlerAware(Protocol):
+    """A backend whose answers depend on the runtime handler asked for.
+
+    Most backends are not: every handler an instance serves resolves to its
+    one platform, so they answer alike. A backend that forwards calls to
+    another CRI runtime (``cri``) passes the handler on instead: the catalog
+    asks it, once per handler it serves other than ``""``, for the backend as
+    it answers for that handler, and calls that for the handler's calls.
+    ``start`` and ``close`` are called on the backend itself only.
+
+    Example::
+
+        class Forwarding(IndexedBackend):
+            def for_runtime_handler(self, handler):
+                # the same upstream, asked with the handler on every call
+                return HandlerView(self.upstream, handler, name=f"{self.name}[{handler}]")
+    """
+
+    def for_runtime_handler(self, handler: str) -> Backend: ...
 
 
 @dataclass(frozen=True)

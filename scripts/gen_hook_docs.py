@@ -35,6 +35,7 @@ TYPES = (
     "Backend",
     "IndexedBackend",
     "Puller",
+    "HandlerAware",
     "FilterType",
     "FilterContext",
     "Filter",

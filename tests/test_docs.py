@@ -304,3 +304,53 @@ def test_examples_in_the_docs_are_ruff_formatted() -> None:
         check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+IMAGE_STATUS_MD = DOCS / "image-status.md"
+
+
+def _documented_verbose_keys() -> set[str]:
+    """The keys of the table under ``## verbose`` in docs/image-status.md."""
+    section = IMAGE_STATUS_MD.read_text().split("\n## verbose\n", 1)[1].split("\n## ", 1)[0]
+    keys: set[str] = set()
+    for first_cell in re.findall(r"^\| ([^|]*`[^|]*) \|", section, flags=re.MULTILINE):
+        keys.update(re.findall(r"`([^`]+)`", first_cell))
+    return keys
+
+
+def test_verbose_info_holds_exactly_the_documented_keys(tmp_path: Path) -> None:
+    """Every documented key is in every verbose answer (image, artifact, config-less), no other."""
+    import json
+
+    from crishim.cri.runtime.v1 import api_pb2
+    from crishim.testing.embedded import add_embedded_image
+    from crishim.testing.ocibuild import CONTAINERD_NAME, LayoutBuilder
+    from crishim.testing.server import running_server
+
+    documented = _documented_verbose_keys()
+    assert {"imageSpec", "chainID", "backend", "extra", "artifactType"} <= documented
+    images = LayoutBuilder(tmp_path / "images")
+    image = images.image(name="documented", user="1000")
+    images.tag(image, "example.com/documented:1")
+    embedded = add_embedded_image(images, "example.com/embedded:1")
+    images.write()
+    store = LayoutBuilder(tmp_path / "store")
+    artifact = store.artifact({"file.txt": "an artifact\n"})
+    store.tag(artifact, "example.com/artifact:1", key=CONTAINERD_NAME)
+    store.write()
+    config = {
+        "filters": [],  # so the config-less (embedded) image is answered too
+        "backends": [
+            {"name": "dir", "type": "oci-dir", "options": {"path": str(images.root)}},
+            {"name": "cache", "type": "registry-cache", "options": {"path": str(store.root)}},
+        ],
+    }
+    with running_server(config) as shim:
+        for ref in (image.id, embedded.digest, artifact.id):
+            request = api_pb2.ImageStatusRequest(image=api_pb2.ImageSpec(image=ref), verbose=True)
+            response = shim.images.ImageStatus(request, timeout=30)
+            assert response.HasField("image"), ref
+            assert list(response.info) == ["info"]
+            info = json.loads(response.info["info"])
+            assert set(info) == documented, (ref, set(info) ^ documented)
+            assert isinstance(info["extra"], dict)

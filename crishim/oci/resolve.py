@@ -44,6 +44,7 @@ from crishim.oci.spec import (
     MANIFEST_TYPES,
     MAX_JSON_BLOB,
     REF_NAME,
+    artifact_type,
 )
 
 _JSON_CACHE_SIZE = 512
@@ -109,13 +110,46 @@ class BlobReader(Protocol):
         ...
 
 
+def _annotations(manifest: Mapping[str, Any]) -> Mapping[str, str]:
+    """A manifest's annotations as strings (the shared empty mapping when it has none)."""
+    annotations = manifest.get("annotations")
+    if isinstance(annotations, dict) and annotations:
+        return {str(k): str(v) for k, v in annotations.items()}
+    return NO_ANNOTATIONS
+
+
+def _complete_ref_name(value: str, repository: str) -> str | None:
+    """An ``org.opencontainers.image.ref.name`` value as a reference to parse.
+
+    The OCI layout spec makes it a tag; containerd's exporter writes what
+    follows the repository in the image's name: ``tag``, ``tag@<digest>``
+    or, for an image named by digest only, ``@<digest>``; a bare
+    ``<digest>`` is read the same way. These are completed with
+    ``repository``. Without one, a tag alone is read as a name (``busybox``)
+    and a digest alone names nothing (None). Anything else is a full
+    reference already.
+    """
+    tag, at, digest = value.partition("@")
+    if not at and DIGEST_RE.match(value):
+        tag, at, digest = "", "@", value
+    if at and (not tag or _BARE_TAG_RE.match(tag)):
+        if repository:
+            return f"{repository}:{tag}@{digest}" if tag else f"{repository}@{digest}"
+        return value if tag else None
+    if _BARE_TAG_RE.match(value) and repository:
+        return f"{repository}:{value}"
+    return value
+
+
 class Resolver:
     """Resolves entries to records for one platform, reading through a BlobReader.
 
-    ``repository`` completes bare-tag ``ref.name`` annotations. With
-    ``tag_digests`` (OCI layouts), a name given by tag also gives the image
-    the digest ``name@<entry digest>``; without it (containerd, whose CRI
-    reports digests only for names that carry one), it does not.
+    ``repository`` completes bare-tag and digest-only ``ref.name``
+    annotations. With ``tag_digests`` (OCI layouts), a name given by tag
+    also gives the image the digest ``name@<entry digest>``; without it
+    (containerd, whose CRI reports digests only for names that carry one),
+    it does not. With ``artifacts``, an entry holding an OCI artifact is
+    served as one (see :meth:`_artifact_record`); without, it is refused.
     """
 
     def __init__(
@@ -126,12 +160,14 @@ class Resolver:
         *,
         tag_digests: bool = True,
         extra: Mapping[str, str] | None = None,
+        artifacts: bool = False,
     ) -> None:
         self.reader = reader
         self.platform = platform
         self.repository = repository
         self.tag_digests = tag_digests
         self.extra = dict(extra or {})
+        self.artifacts = artifacts
         # layer sizes seen since the last clear(): shared layers are checked once
         self._layer_sizes: dict[str, int] = {}
         # Parsed JSON blobs since the last clear(); bounded, as entries naming
@@ -194,22 +230,23 @@ class Resolver:
         self._json[digest] = (parsed, data)
         return parsed, data
 
-    def check_layer(self, descriptor: Mapping[str, Any]) -> int:
+    def check_layer(self, descriptor: Mapping[str, Any], what: str = "layer") -> int:
+        """The blob's size, once it is found stored with the size its descriptor gives."""
         digest = self._digest(descriptor.get("digest"))
         size = descriptor.get("size")
         if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-            raise BrokenEntry(f"layer {digest}: invalid size {size!r}")
+            raise BrokenEntry(f"{what} {digest}: invalid size {size!r}")
         actual = self._layer_sizes.get(digest)
         if actual is None:
             try:
                 actual = self.reader.blob_size(digest)
             except MissingBlob:
-                raise BrokenEntry(f"layer blob {digest} is missing") from None
+                raise BrokenEntry(f"{what} blob {digest} is missing") from None
             except UnreadableBlob as exc:
-                raise BrokenEntry(f"layer blob {digest} cannot be read: {exc}") from None
+                raise BrokenEntry(f"{what} blob {digest} cannot be read: {exc}") from None
             self._layer_sizes[digest] = actual
         if actual != size:
-            raise BrokenEntry(f"layer blob {digest} is {actual} bytes, descriptor says {size}")
+            raise BrokenEntry(f"{what} blob {digest} is {actual} bytes, descriptor says {size}")
         return size
 
     # -- names -----------------------------------------------------------
@@ -227,12 +264,14 @@ class Resolver:
             if not isinstance(value, str) or not value:
                 continue
             text = value
-            if key == REF_NAME and _BARE_TAG_RE.match(value):
-                # a bare tag: of the configured repository, else of the
-                # containerd name's repository (as containerd exports write)
+            if key == REF_NAME:
+                # a bare tag or digest: of the configured repository, else of
+                # the containerd name's repository (as containerd exports write)
                 repository = self.repository or (out[0].repository if out else "")
-                if repository:
-                    text = f"{repository}:{value}"
+                completed = _complete_ref_name(value, repository)
+                if completed is None:
+                    continue
+                text = completed
             try:
                 ref = reference.parse(text)
             except reference.ReferenceError as exc:
@@ -311,35 +350,31 @@ class Resolver:
         config_desc = manifest.get("config")
         if not isinstance(config_desc, dict):
             raise BrokenEntry("manifest has no config descriptor")
+        kind = artifact_type(media_type, manifest)
+        if kind:
+            if not self.artifacts:
+                raise BrokenEntry(
+                    f"an OCI artifact ({kind[:100]}), not a container image; this backend "
+                    "serves container images only"
+                )
+            return self._artifact_record(entry, names, manifest_desc, manifest, kind, closure)
         config_type = config_desc.get("mediaType", "")
         if config_type not in CONFIG_TYPES:
             raise BrokenEntry(f"config media type {config_type!r} is not a container image config")
         config, config_bytes = self.read_json(config_desc, "config")
         closure[str(config_desc["digest"])] = None
-        layers = manifest.get("layers")
-        if not isinstance(layers, list):
-            raise BrokenEntry("manifest has no layers list")
         size = int(manifest_desc.get("size", 0)) + int(config_desc["size"])
-        for layer in layers:
-            if not isinstance(layer, dict):
-                raise BrokenEntry("manifest has a malformed layer descriptor")
-            size += self.check_layer(layer)
-            closure[str(layer["digest"])] = None
+        size += self._layers(manifest, closure)
         inner = config.get("config")
         user = inner.get("User", "") if isinstance(inner, dict) else ""
         entry_digest = str(entry["digest"])
-        annotations = manifest.get("annotations")
         return ImageRecord(
             id=sys.intern(str(config_desc["digest"])),
             repo_tags=tuple(r.tagged() for r in names if r.tag),
             repo_digests=self._digests(names, entry_digest),
             size=size,
             user=user if isinstance(user, str) else "",
-            annotations=(
-                {str(k): str(v) for k, v in annotations.items()}
-                if isinstance(annotations, dict) and annotations
-                else NO_ANNOTATIONS
-            ),
+            annotations=_annotations(manifest),
             config=config_bytes,
             # chain_id is left to verbose ImageStatus, which derives it from
             # the config: 71 bytes a record saved at 100,000 images
@@ -347,6 +382,54 @@ class Resolver:
             manifest_digest=sys.intern(str(manifest_desc.get("digest", ""))),
             manifest_media_type=sys.intern(self._media_type(manifest_desc, manifest)),
             extra=self.extra or NO_ANNOTATIONS,
+        )
+
+    def _layers(self, manifest: Mapping[str, Any], closure: dict[str, None]) -> int:
+        """The stored size of a manifest's layers, each checked and added to ``closure``."""
+        layers = manifest.get("layers")
+        if not isinstance(layers, list):
+            raise BrokenEntry("manifest has no layers list")
+        size = 0
+        for layer in layers:
+            if not isinstance(layer, dict):
+                raise BrokenEntry("manifest has a malformed layer descriptor")
+            size += self.check_layer(layer)
+            closure[str(layer["digest"])] = None
+        return size
+
+    def _artifact_record(
+        self,
+        entry: Mapping[str, Any],
+        names: list[reference.Reference],
+        manifest_desc: Mapping[str, Any],
+        manifest: Mapping[str, Any],
+        kind: str,
+        closure: dict[str, None],
+    ) -> ImageRecord:
+        """An OCI artifact: served, but not as a runnable image.
+
+        Its ID is the manifest digest (artifacts sharing the empty config
+        would otherwise share an ID), its size that of the manifest, the
+        config and the layers as stored, as for images; its config is not
+        an image config, so the record has none (and no user). The config
+        and layer blobs must be there with their sizes (not hashed).
+        """
+        config_desc = manifest["config"]
+        size = int(manifest_desc.get("size", 0)) + self.check_layer(config_desc, "config")
+        closure[str(config_desc["digest"])] = None
+        size += self._layers(manifest, closure)
+        digest = sys.intern(str(manifest_desc["digest"]))
+        return ImageRecord(
+            id=digest,
+            repo_tags=tuple(r.tagged() for r in names if r.tag),
+            repo_digests=self._digests(names, str(entry["digest"])),
+            size=size,
+            annotations=_annotations(manifest),
+            source=self.reader.source,
+            manifest_digest=digest,
+            manifest_media_type=sys.intern(self._media_type(manifest_desc, manifest)),
+            extra=self.extra or NO_ANNOTATIONS,
+            artifact_type=sys.intern(kind),
         )
 
     def _configless_record(

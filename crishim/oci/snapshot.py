@@ -33,7 +33,7 @@ from crishim.oci.layout import EntryResult
 log = logging.getLogger(__name__)
 
 MAGIC = b"crishim-index-snapshot\n"
-FORMAT = 2
+FORMAT = 3
 
 
 class SnapshotError(Exception):
@@ -54,26 +54,28 @@ def _record_tuple(r: ImageRecord) -> tuple[Any, ...]:
         r.manifest_digest,
         r.manifest_media_type,
         tuple(r.extra.items()),
+        r.artifact_type,
     )
 
 
 def _record(t: tuple[Any, ...]) -> ImageRecord:
     # positional, in field order (see _record_tuple): this runs once per
     # image on every restart; marshal gives the tuples back as tuples
-    (id_, tags, digests, size, user, annotations, config, chain, source, mdigest, mtype, extra) = t
+    (id_, tags, digests, size, user, annots, config, chain, source, mdigest, mtype, extra, art) = t
     return ImageRecord(
         id_,
         tags,
         digests,
         size,
         user,
-        dict(annotations) if annotations else NO_ANNOTATIONS,
+        dict(annots) if annots else NO_ANNOTATIONS,
         config,
         chain,
         source,
         mdigest,
         mtype,
         dict(extra) if extra else NO_ANNOTATIONS,
+        artifact_type=art,
     )
 
 

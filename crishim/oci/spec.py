@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -30,6 +31,35 @@ DOCKER_SCHEMA1 = "application/vnd.docker.distribution.manifest.v1+json"
 DOCKER_SCHEMA1_SIGNED = "application/vnd.docker.distribution.manifest.v1+prettyjws"
 #: Manifests without a config descriptor: not OCI images, carried for the filters.
 CONFIGLESS_TYPES = frozenset({EMBEDDED_MANIFEST, DOCKER_SCHEMA1, DOCKER_SCHEMA1_SIGNED})
+
+#: The OCI 1.1 empty descriptor: the config of an artifact that has none,
+#: the two bytes ``{}``.
+OCI_EMPTY = "application/vnd.oci.empty.v1+json"
+OCI_EMPTY_DIGEST = "sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a"
+
+
+def artifact_type(manifest_media_type: str, manifest: Mapping[str, Any]) -> str:
+    """The artifact type of an image manifest that holds an OCI artifact, else "".
+
+    An artifact (OCI image spec 1.1; what kubelet mounts as an ``image``
+    volume) is an OCI image manifest that is not a container image: its
+    config is the empty descriptor (``application/vnd.oci.empty.v1+json``),
+    or it names an ``artifactType``. Its type is ``artifactType``, else the
+    config's media type. A manifest whose config is a container image config
+    is an image whatever else it says; one with another config and no
+    ``artifactType`` is neither (""), as is every Docker manifest.
+    """
+    if manifest_media_type != OCI_MANIFEST:
+        return ""
+    config = manifest.get("config")
+    config_type = config.get("mediaType") if isinstance(config, Mapping) else None
+    if not isinstance(config_type, str) or config_type in CONFIG_TYPES:
+        return ""
+    declared = manifest.get("artifactType")
+    if isinstance(declared, str) and declared:
+        return declared
+    return config_type if config_type == OCI_EMPTY else ""
+
 
 #: The OCI image-layout annotation naming an ``index.json`` entry.
 REF_NAME = "org.opencontainers.image.ref.name"

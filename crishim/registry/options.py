@@ -168,6 +168,10 @@ class PullOptions(BackendOptions):
     min_pull_rate_window: float = Field(default=30.0, gt=0, le=3600)
     #: Honour HTTP(S)_PROXY / NO_PROXY from the environment.
     trust_env: bool = True
+    #: Pull and serve OCI artifacts (kubelet's ``image`` volumes) as well as
+    #: container images; ``false`` refuses them (FAILED_PRECONDITION), for
+    #: nodes that want runnable images only.
+    artifacts: bool = True
 
     @field_validator("registries")
     @classmethod

@@ -36,7 +36,14 @@ from opentelemetry.util.types import Attributes
 
 from crishim.errors import DataLoss, ImageNotFound, InvalidRequest, NotSupported
 from crishim.model import ImageRecord, Platform
-from crishim.oci.spec import CONFIG_TYPES, INDEX_TYPES, MANIFEST_TYPES, MAX_JSON_BLOB, check_digest
+from crishim.oci.spec import (
+    CONFIG_TYPES,
+    INDEX_TYPES,
+    MANIFEST_TYPES,
+    MAX_JSON_BLOB,
+    artifact_type,
+    check_digest,
+)
 from crishim.oci.store import BlobMismatch
 from crishim.reference import Reference, RefKind
 from crishim.types import PullProgress, PullRequest
@@ -81,6 +88,15 @@ class Plan:
     documents: tuple[Fetched, ...]
     config: Descriptor
     layers: tuple[Descriptor, ...]
+    #: Set when the manifest holds an OCI artifact (see
+    #: :func:`crishim.oci.spec.artifact_type`): its type. Its ID is then
+    #: the manifest's digest, not the config's.
+    artifact_type: str = ""
+
+    @property
+    def image_id(self) -> str:
+        """The CRI image ID: the config digest (an artifact's: its manifest digest)."""
+        return self.manifest.digest if self.artifact_type else self.config.digest
 
     @property
     def manifest(self) -> Fetched:
@@ -250,11 +266,14 @@ class Puller:
         tracer: trace.Tracer,
         *,
         max_concurrent_downloads: int = 3,
+        artifacts: bool = False,
     ) -> None:
         self.name = name
         self.platform = platform
         self.tracer = tracer
         self.max_concurrent_downloads = max_concurrent_downloads
+        #: Pull OCI artifacts (image volumes) too; False refuses them.
+        self.artifacts = artifacts
         self._inflight: dict[str, concurrent.futures.Future[None]] = {}
         self._inflight_lock = threading.Lock()
 
@@ -296,12 +315,18 @@ class Puller:
         ):
             what = f"pull {ref}: manifest {current.digest}"
             config = Descriptor.parse(manifest.get("config"), f"{what}: config")
-            if config.media_type not in CONFIG_TYPES:
+            kind = artifact_type(current.media_type, manifest)
+            if kind and not self.artifacts:
+                raise NotSupported(
+                    f"{what} is an OCI artifact ({kind[:100]}), not a container image; "
+                    f"backend {self.name} pulls container images only (options.artifacts: false)"
+                )
+            if config.media_type not in CONFIG_TYPES and not kind:
                 raise NotSupported(
                     f"{what}: config media type {config.media_type!r} is not a container image "
                     "config (not a container image?)"
                 )
-            if config.size > MAX_JSON_BLOB:
+            if config.size > MAX_JSON_BLOB and not kind:
                 raise DataLoss(f"{what}: config of {config.size} bytes is over the limit")
             raw_layers = manifest.get("layers")
             if not isinstance(raw_layers, list):
@@ -309,7 +334,13 @@ class Puller:
             layers = tuple(
                 Descriptor.parse(layer, f"{what}: layer {i}") for i, layer in enumerate(raw_layers)
             )
-        return Plan(top=top, documents=tuple(reversed(documents)), config=config, layers=layers)
+        return Plan(
+            top=top,
+            documents=tuple(reversed(documents)),
+            config=config,
+            layers=layers,
+            artifact_type=kind,
+        )
 
     def pick_platform(self, index: Mapping[str, Any], ref: Reference) -> Descriptor:
         """The index entry for this backend's platform (an exact variant first)."""

@@ -46,7 +46,8 @@ The checks:
   were, and a second removal is OK; when not, removal fails with
   FAILED_PRECONDITION and the image stays;
 * malformed references are INVALID_ARGUMENT for ImageStatus, RemoveImage
-  and the ListImages filter;
+  and the ListImages filter; so is a runtime handler no backend serves, for
+  ImageStatus, PullImage, RemoveImage and the ListImages filter;
 * verbose ImageStatus answers the same image and ``info`` as JSON;
 * ImageFsInfo answers OK, each filesystem with its mountpoint, used bytes
   and inodes, and a timestamp in nanoseconds of the last hour; the
@@ -450,6 +451,30 @@ class CriContract:
             assert _code(shim.status, ref) == invalid, f"ImageStatus {ref[:40]!r}"
             assert _code(shim.remove, ref) == invalid, f"RemoveImage {ref[:40]!r}"
             assert _code(shim.list, ref) == invalid, f"ListImages filter {ref[:40]!r}"
+
+    def test_an_unknown_runtime_handler_is_invalid_argument(
+        self, cri_contract: ContractRun
+    ) -> None:
+        shim, setup = cri_contract.shim, cri_contract.setup
+        handler = "crishim-contract-unknown"
+        served = {h for b in setup.backends for h in b.get("runtime_handlers", [""])}
+        assert handler not in served, "pick runtime handler names other than the kit's"
+        ref = setup.images[0].id if setup.images else _ABSENT_ID
+        spec = api_pb2.ImageSpec(image=ref, runtime_handler=handler)
+        calls = {
+            "ImageStatus": (shim.images.ImageStatus, api_pb2.ImageStatusRequest(image=spec)),
+            "PullImage": (shim.images.PullImage, api_pb2.PullImageRequest(image=spec)),
+            "RemoveImage": (shim.images.RemoveImage, api_pb2.RemoveImageRequest(image=spec)),
+            "ListImages": (
+                shim.images.ListImages,
+                api_pb2.ListImagesRequest(filter=api_pb2.ImageFilter(image=spec)),
+            ),
+        }
+        for name, (call, request) in calls.items():
+            code = _code(lambda c=call, r=request: c(r, timeout=30))
+            assert code == grpc.StatusCode.INVALID_ARGUMENT, f"{name}: {code}"
+        if setup.images:
+            assert shim.status(ref).HasField("image"), "a refused RemoveImage removed"
 
     def test_image_fs_info_answers(self, cri_contract: ContractRun) -> None:
         shim = cri_contract.shim

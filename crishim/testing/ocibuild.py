@@ -44,7 +44,9 @@ from crishim.oci.spec import (
     DOCKER_LIST,
     DOCKER_MANIFEST,
     OCI_CONFIG,
+    OCI_EMPTY,
     OCI_INDEX,
+    OCI_LAYER,
     OCI_LAYER_GZIP,
     OCI_MANIFEST,
     REF_NAME,
@@ -59,10 +61,13 @@ __all__ = [
     "DOCKER_MANIFEST",
     "LAYOUT_VERSION",
     "OCI_CONFIG",
+    "OCI_EMPTY",
     "OCI_INDEX",
     "OCI_LAYER_GZIP",
     "OCI_MANIFEST",
     "REF_NAME",
+    "TITLE",
+    "BuiltArtifact",
     "BuiltImage",
     "BuiltIndex",
     "Descriptor",
@@ -76,6 +81,9 @@ __all__ = [
     "sha256_digest",
     "write_json_blob",
 ]
+
+#: The key of an artifact file's name (ORAS's annotation).
+TITLE = "org.opencontainers.image.title"
 
 #: The media type of the Docker layers the builder writes (gzipped):
 #: ``crishim.oci.spec.DOCKER_LAYER_GZIP``.
@@ -408,6 +416,39 @@ class BuiltImage:
 
 
 @dataclass(frozen=True)
+class BuiltArtifact:
+    """An OCI artifact (an image manifest that is not a container image) in a layout.
+
+    What :meth:`LayoutBuilder.artifact` returns; its ``id`` and ``size`` are
+    what crishim reports for it.
+
+    Example::
+
+        chart = builder.artifact({"chart.tgz": b"..."}, artifact_type="application/vnd.cncf.helm")
+        name = "example.com/charts/app:1.0"
+        builder.tag(chart, name)
+        expected = ExpectedImage(id=chart.id, repo_tags=[name], size=chart.size)
+    """
+
+    manifest: Descriptor
+    config: Descriptor
+    layers: tuple[Descriptor, ...]
+    manifest_json: dict[str, object]
+    #: ``artifactType``, or the config's media type when the manifest names none.
+    artifact_type: str
+
+    @property
+    def id(self) -> str:
+        """The CRI image ID crishim gives an artifact: its manifest digest."""
+        return self.manifest.digest
+
+    @property
+    def size(self) -> int:
+        """Manifest + config + layer sizes, as crishim reports an artifact's size."""
+        return self.manifest.size + self.config.size + sum(layer.size for layer in self.layers)
+
+
+@dataclass(frozen=True)
 class BuiltIndex:
     """An image index (or Docker manifest list) written into a layout.
 
@@ -581,6 +622,48 @@ class LayoutBuilder:
             manifest_json=manifest_json,
         )
 
+    def artifact(
+        self,
+        files: Mapping[str, bytes | str | tuple[bytes | str, str]],
+        *,
+        artifact_type: str | None = "application/vnd.crishim.test.v1",
+        config: tuple[bytes, str] | None = None,
+        annotations: dict[str, str] | None = None,
+    ) -> BuiltArtifact:
+        """Build an OCI artifact the way ORAS pushes one: a blob per file, titled.
+
+        ``files`` maps a file name to its content, or to (content, media
+        type); the default layer media type is ``application/vnd.oci.image.layer.v1.tar``
+        (what ``oras push`` uses). The config is the empty descriptor (``{}``)
+        unless ``config`` gives (bytes, media type). ``artifact_type`` is the
+        manifest's ``artifactType`` (None: left out, as older ORAS wrote it).
+        """
+        layers: list[Descriptor] = []
+        for name, value in files.items():
+            data, media_type = value if isinstance(value, tuple) else (value, OCI_LAYER)
+            blob = self.blob(_as_bytes(data), media_type)
+            layers.append(Descriptor(blob.media_type, blob.digest, blob.size, {TITLE: name}))
+        data, media_type = config if config is not None else (b"{}", OCI_EMPTY)
+        config_desc = self.blob(data, media_type)
+        manifest_json: dict[str, object] = {
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": config_desc.to_json(),
+            "layers": [d.to_json() for d in layers],
+        }
+        if artifact_type is not None:
+            manifest_json["artifactType"] = artifact_type
+        if annotations:
+            manifest_json["annotations"] = dict(annotations)
+        manifest = write_json_blob(self, manifest_json, OCI_MANIFEST)
+        return BuiltArtifact(
+            manifest=manifest,
+            config=config_desc,
+            layers=tuple(layers),
+            manifest_json=manifest_json,
+            artifact_type=artifact_type or media_type,
+        )
+
     def index(
         self,
         images: list[BuiltImage],
@@ -606,7 +689,7 @@ class LayoutBuilder:
 
     def tag(
         self,
-        target: BuiltImage | BuiltIndex,
+        target: BuiltImage | BuiltIndex | BuiltArtifact,
         name: str,
         *,
         key: str = REF_NAME,
@@ -617,7 +700,7 @@ class LayoutBuilder:
         Image entries keep their platform; ``extra_annotations`` are merged
         under the name annotation (``key`` wins on conflict).
         """
-        base = target.manifest if isinstance(target, BuiltImage) else target.descriptor
+        base = target.descriptor if isinstance(target, BuiltIndex) else target.manifest
         merged = dict(extra_annotations or {})
         merged[key] = name
         entry = Descriptor(base.media_type, base.digest, base.size, merged, base.platform)

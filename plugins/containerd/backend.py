@@ -125,12 +125,14 @@ class ContainerdBackend(IndexedBackend):
             context.platform,
             self.tracer,
             max_concurrent_downloads=options.max_concurrent_downloads,
+            artifacts=options.artifacts,
         )
         self.resolver = Resolver(
             ContentReader(self),
             context.platform,
             tag_digests=False,
             extra={"containerdNamespace": options.namespace},
+            artifacts=options.artifacts,
         )
         self._names: dict[str, Named] = {}
         self._sizes: dict[str, int] = {}
@@ -150,6 +152,7 @@ class ContainerdBackend(IndexedBackend):
     # -- lifecycle -------------------------------------------------------
 
     def start(self) -> None:
+        _claim_namespace(self)
         self.client.connect()
         try:
             self.registry.start()
@@ -188,6 +191,7 @@ class ContainerdBackend(IndexedBackend):
             thread.join(timeout=5)
         self.registry.close()
         self.client.close()
+        _release_namespace(self)
 
     # -- the index -------------------------------------------------------
 
@@ -443,8 +447,11 @@ class ContainerdBackend(IndexedBackend):
     def _fetch(
         self, source: ImageSource, plan: Plan, sink: ContainerdSink, progress: Progress | None
     ) -> None:
-        """Fetch every blob of the plan; unpack the layers meanwhile (``unpack``)."""
-        if not self.options.unpack:
+        """Fetch every blob of the plan; unpack the layers meanwhile (``unpack``).
+
+        An artifact's layers are not a filesystem: they are never unpacked.
+        """
+        if not self.options.unpack or plan.artifact_type:
             self.puller.fetch(source, plan, sink, progress)
             return
         unpacker = Unpacker(
@@ -481,7 +488,9 @@ class ContainerdBackend(IndexedBackend):
         labels = {CRI_IMAGE_LABEL: CRI_IMAGE_MANAGED}
         if self.context.is_pinned(names):
             labels[CRI_PINNED_LABEL] = CRI_PINNED
-        records = [*names, plan.config.digest]
+        # the ID record: sha256:<config digest>, or an artifact's manifest digest
+        # (artifacts with the empty config would share a config digest)
+        records = [*names, plan.image_id]
         with self.tracer.start_as_current_span(
             "registry.commit",
             attributes={"oci.digest": plan.top.digest, "crishim.image.names": records},
@@ -501,8 +510,10 @@ class ContainerdBackend(IndexedBackend):
             )
             for name in records:
                 self.client.put_image(name, target, labels)
-            if self.options.namespace == CRI_NAMESPACE and (
-                self.client.cri_knows(plan.config.digest, CRI_WAIT) is False
+            if (
+                self.options.namespace == CRI_NAMESPACE
+                and not plan.artifact_type
+                and self.client.cri_knows(plan.config.digest, CRI_WAIT) is False
             ):
                 log.warning(
                     "backend %s: containerd's CRI did not report %s within %.0fs of its "
@@ -522,6 +533,42 @@ class ContainerdBackend(IndexedBackend):
             raise BackendError(self.name, f"pull {ref}: stored, but {problem or 'not served'}")
         log.info("backend %s: pulled %s as %s", self.name, ref, record.id)
         return record
+
+
+#: (address, namespace) -> (backend name, platform) of the containerd backends
+#: started in this process: the names of one namespace are one platform's.
+_NAMESPACES: dict[tuple[str, str], tuple[str, str]] = {}
+_NAMESPACES_LOCK = threading.Lock()
+
+
+def _claim_namespace(backend: ContainerdBackend) -> None:
+    """Refuse to start a second backend on a namespace another platform's backend serves.
+
+    A containerd namespace has one image per name; two backends of
+    different platforms (two runtime handlers) writing one namespace would
+    name each other's images. Give each platform a namespace of its own.
+    """
+    key = (backend.options.address, backend.options.namespace)
+    platform = str(backend.context.platform)
+    with _NAMESPACES_LOCK:
+        owner = _NAMESPACES.setdefault(key, (backend.name, platform))
+    if owner[1] != platform and owner[0] != backend.name:
+        from crishim.errors import BackendError
+
+        raise BackendError(
+            backend.name,
+            f"containerd namespace {key[1]} at {key[0]} is served by backend {owner[0]} for "
+            f"platform {owner[1]}; this backend is for {platform}: the names of one namespace "
+            "name one platform's images, so give this backend a namespace of its own "
+            "(options.namespace)",
+        )
+
+
+def _release_namespace(backend: ContainerdBackend) -> None:
+    key = (backend.options.address, backend.options.namespace)
+    with _NAMESPACES_LOCK:
+        if _NAMESPACES.get(key, ("", ""))[0] == backend.name:
+            del _NAMESPACES[key]
 
 
 def _pinned(labels: Mapping[str, str]) -> bool:

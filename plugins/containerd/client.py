@@ -27,6 +27,7 @@ from google.protobuf import field_mask_pb2
 
 from crishim.cri.runtime.v1 import api_pb2 as cri_pb2
 from crishim.cri.runtime.v1 import api_pb2_grpc as cri_grpc
+from crishim.cri_messages import image_fs_info
 from crishim.errors import BackendError, CrishimError, Unavailable
 from crishim.model import FilesystemUsage
 
@@ -456,20 +457,17 @@ class ContainerdClient:
             delay = min(delay * 2, 0.1)
 
     def image_filesystems(self) -> list[FilesystemUsage]:
-        """What containerd's CRI plugin reports for its image filesystems."""
+        """What containerd's CRI plugin reports for its image filesystems, then container ones.
+
+        containerd 1.6 reports ``image_filesystems`` only (the snapshotter's
+        filesystem); releases that split the image filesystem also report
+        ``container_filesystems``, given with ``container=True``.
+        """
         response = self.call(
             "CRI ImageFsInfo",
             lambda: self.cri_images.ImageFsInfo(cri_pb2.ImageFsInfoRequest(), timeout=self.timeout),
         )
-        return [
-            FilesystemUsage(
-                mountpoint=fs.fs_id.mountpoint,
-                used_bytes=fs.used_bytes.value,
-                inodes_used=fs.inodes_used.value,
-                timestamp_ns=fs.timestamp or time.time_ns(),
-            )
-            for fs in response.image_filesystems
-        ]
+        return image_fs_info(response)
 
 
 class WriteStream:

@@ -44,6 +44,7 @@ from opentelemetry import propagate
 
 from crishim import reference
 from crishim.cri.runtime.v1 import api_pb2, api_pb2_grpc
+from crishim.cri_messages import image_fs_info
 from crishim.errors import (
     BackendError,
     Cancelled,
@@ -60,7 +61,7 @@ from crishim.errors import (
 )
 from crishim.model import NO_ANNOTATIONS, FilesystemUsage, ImageRecord
 from crishim.reference import Reference, RefKind
-from crishim.types import BackendContext, PullAuth, PullRequest
+from crishim.types import Backend, BackendContext, PullAuth, PullRequest
 
 from .options import MAX_SOCKET_PATH, SCHEME, CriOptions
 
@@ -313,9 +314,14 @@ class CriBackend:
 
     # -- the Backend protocol --------------------------------------------
 
-    def get_image(self, ref: Reference) -> ImageRecord | None:
+    def get_image(self, ref: Reference, runtime_handler: str = "") -> ImageRecord | None:
         """ImageStatus upstream; absent there is None, unreachable is UNAVAILABLE."""
-        return self._status(upstream_reference(ref), self.options.call_timeout, ref)
+        timeout = self.options.call_timeout
+        return self._status(upstream_reference(ref), timeout, ref, runtime_handler)
+
+    def for_runtime_handler(self, handler: str) -> Backend:
+        """The backend as it answers for ``handler``: the handler goes upstream (HandlerAware)."""
+        return HandlerView(self, handler)
 
     def match_id_prefix(self, prefix: str) -> Sequence[str]:
         """IDs from the upstream's list (the rare path: a reference that is a short ID)."""
@@ -334,23 +340,17 @@ class CriBackend:
         return [self._record(image) for image in response.images]
 
     def filesystem_usage(self) -> Sequence[FilesystemUsage]:
-        """The upstream's ``image_filesystems`` (its ``container_filesystems`` are not images)."""
+        """The upstream's ``image_filesystems``, then its ``container_filesystems``."""
         response: api_pb2.ImageFsInfoResponse = self._call(
             "ImageFsInfo", api_pb2.ImageFsInfoRequest(), self.options.call_timeout
         )
-        return [
-            FilesystemUsage(
-                mountpoint=usage.fs_id.mountpoint,
-                used_bytes=usage.used_bytes.value,
-                inodes_used=usage.inodes_used.value,
-                timestamp_ns=usage.timestamp,
-            )
-            for usage in response.image_filesystems
-        ]
+        return image_fs_info(response)
 
-    def remove_image(self, record: ImageRecord) -> None:
+    def remove_image(self, record: ImageRecord, runtime_handler: str = "") -> None:
         """RemoveImage upstream by ID; an image already gone there is removed."""
-        request = api_pb2.RemoveImageRequest(image=api_pb2.ImageSpec(image=upstream_id(record.id)))
+        request = api_pb2.RemoveImageRequest(
+            image=api_pb2.ImageSpec(image=upstream_id(record.id), runtime_handler=runtime_handler)
+        )
         try:
             self._call("RemoveImage", request, self.options.call_timeout)
         except ImageNotFound:
@@ -362,7 +362,12 @@ class CriBackend:
         """PullImage upstream with the caller's auth, annotations and deadline."""
         ref = request.ref
         pull = api_pb2.PullImageRequest(
-            image=api_pb2.ImageSpec(image=str(ref), annotations=dict(request.annotations))
+            image=api_pb2.ImageSpec(
+                image=str(ref),
+                annotations=dict(request.annotations),
+                runtime_handler=request.runtime_handler,
+                user_specified_image=request.user_specified_image,
+            )
         )
         if request.auth:
             pull.auth.CopyFrom(_auth_config(request.auth))
@@ -399,7 +404,7 @@ class CriBackend:
         status_timeout = self.options.call_timeout
         if deadline is not None:
             status_timeout = min(status_timeout, max(deadline - time.monotonic(), 0.001))
-        record = self._status(image_ref, status_timeout, None)
+        record = self._status(image_ref, status_timeout, None, request.runtime_handler)
         if record is None:
             raise BackendError(
                 self.name,
@@ -443,8 +448,12 @@ class CriBackend:
 
     # -- calls -----------------------------------------------------------
 
-    def _status(self, text: str, timeout: float, asked: Reference | None) -> ImageRecord | None:
-        request = api_pb2.ImageStatusRequest(image=api_pb2.ImageSpec(image=text))
+    def _status(
+        self, text: str, timeout: float, asked: Reference | None, runtime_handler: str = ""
+    ) -> ImageRecord | None:
+        request = api_pb2.ImageStatusRequest(
+            image=api_pb2.ImageSpec(image=text, runtime_handler=runtime_handler)
+        )
         try:
             response: api_pb2.ImageStatusResponse = self._call("ImageStatus", request, timeout)
         except ImageNotFound:  # a runtime that says NOT_FOUND instead of "image unset"
@@ -533,3 +542,42 @@ class CriBackend:
             pinned=image.pinned,
             upstream=self.endpoint,
         )
+
+
+class HandlerView:
+    """A ``cri`` backend as it answers for one runtime handler.
+
+    ImageStatus, RemoveImage (and, through the request, PullImage) carry the
+    handler upstream, which decides what it means; lists and usage are the
+    upstream's, whatever the handler. The backend itself is started and
+    closed by the catalog; a view shares its channel.
+    """
+
+    def __init__(self, backend: CriBackend, handler: str) -> None:
+        self.backend = backend
+        self.handler = handler
+        self.name = backend.name
+
+    def start(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def get_image(self, ref: Reference) -> ImageRecord | None:
+        return self.backend.get_image(ref, self.handler)
+
+    def match_id_prefix(self, prefix: str) -> Sequence[str]:
+        return self.backend.match_id_prefix(prefix)
+
+    def list_images(self) -> list[ImageRecord]:
+        return self.backend.list_images()
+
+    def filesystem_usage(self) -> Sequence[FilesystemUsage]:
+        return self.backend.filesystem_usage()
+
+    def remove_image(self, record: ImageRecord) -> None:
+        self.backend.remove_image(record, self.handler)
+
+    def pull_image(self, request: PullRequest) -> ImageRecord:
+        return self.backend.pull_image(request)

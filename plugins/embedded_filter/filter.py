@@ -30,6 +30,13 @@ first that applies gives the reason):
 10. ``os`` is missing or not a non-empty string;
 11. ``architecture`` is missing or not a non-empty string.
 
+OCI artifacts (records with an ``artifact_type``: kubelet's ``image``
+volumes) are not images, and the rules above are not theirs: an artifact
+is visible when its manifest media type is the OCI image manifest's and its
+ID is its manifest digest (``sha256:<64 hex>`` or ``sha512:<128 hex>``);
+otherwise it is hidden. A backend refuses artifacts altogether with its
+``artifacts: false`` option.
+
 Options: ``list_hidden`` (ListImages and StreamImages still list hidden
 images, as iSulad lists embedded images; ImageStatus and RemoveImage still
 treat them as absent) and ``require_config`` (rule 5).
@@ -81,7 +88,9 @@ class EmbeddedFilter:
         return Verdict(hidden=True, reason=reason, listed=self.options.list_hidden)
 
     def problem(self, record: ImageRecord) -> str | None:
-        """Why ``record`` is not an OCI-compliant image, or None."""
+        """Why ``record`` is not an OCI-compliant image (or artifact), or None."""
+        if record.artifact_type:
+            return self.artifact_problem(record)
         media_type = record.manifest_media_type
         if media_type == EMBEDDED_MANIFEST:
             return (
@@ -126,4 +135,16 @@ class EmbeddedFilter:
             value = parsed.get(key)
             if not isinstance(value, str) or not value:
                 return f"the image config has no {key}"
+        return None
+
+    @staticmethod
+    def artifact_problem(record: ImageRecord) -> str | None:
+        """Why an OCI artifact's record is not a well-formed artifact, or None."""
+        if record.manifest_media_type != OCI_MANIFEST:
+            return (
+                f"artifact ({record.artifact_type[:100]}) with manifest media type "
+                f"{record.manifest_media_type!r}: artifacts are OCI image manifests"
+            )
+        if not _DIGEST_RE.match(record.id) or record.id != record.manifest_digest:
+            return f"artifact ID {record.id[:80]!r} is not its manifest digest"
         return None

@@ -86,6 +86,8 @@ class RegistryCacheBackend(IndexedBackend):
         self.root = root
         self.store = ContentStore(root)
         self.layout = Layout(root, context.platform)
+        # the store serves what the puller may put there: artifacts too, unless refused
+        self.layout.resolver.artifacts = options.artifacts
         self.client = RegistryClient(options, context.config_dir)
         self.tracer = context.tracer_provider.get_tracer(__name__)
         self.puller = Puller(
@@ -93,6 +95,7 @@ class RegistryCacheBackend(IndexedBackend):
             context.platform,
             self.tracer,
             max_concurrent_downloads=options.max_concurrent_downloads,
+            artifacts=options.artifacts,
         )
         self._results: tuple[EntryResult, ...] = ()
         self._index_identity: tuple[int, int, int] | None = None

@@ -159,6 +159,7 @@ def contract_pulls(host: str, images: RegistryImages) -> list[str]:
         "gcr.io/test/small:also",
         f"{host}/test/multi:1",
         f"{host}/test/docker@{images.docker.manifest.digest}",
+        f"{host}/test/oras:1",
     ]
 
 
@@ -183,5 +184,12 @@ def contract_images(host: str, images: RegistryImages) -> list[ExpectedImage]:
             id=images.docker.id,
             repo_digests=[f"{host}/test/docker@{images.docker.manifest.digest}"],
             size=images.docker.size,
+        ),
+        # an OCI artifact (an image volume's content): no user, ID its manifest digest
+        ExpectedImage(
+            id=images.oras.id,
+            repo_tags=[f"{host}/test/oras:1"],
+            repo_digests=[f"{host}/test/oras@{images.oras.manifest.digest}"],
+            size=images.oras.size,
         ),
     ]

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from crishim.testing.ocibuild import (
     OCI_MANIFEST,
+    BuiltArtifact,
     BuiltImage,
     BuiltIndex,
     Descriptor,
@@ -47,6 +48,12 @@ class RegistryImages:
     artifact_manifest: str
     #: ``test/moving:1`` points at ``small`` at first; tests may move it.
     moving: BuiltImage
+    #: ``test/oras:1``: an ORAS-style artifact (empty config, ``artifactType``, two titled files).
+    oras: BuiltArtifact
+    #: ``test/typed:1``: an artifact with a config of its own type and an ``artifactType``.
+    typed: BuiltArtifact
+    #: ``test/untyped:1``: an artifact with the empty config and no ``artifactType``.
+    untyped: BuiltArtifact
 
     def blob_digests(self, image: BuiltImage) -> set[str]:
         return {image.config.digest, *(layer.digest for layer in image.layers)}
@@ -87,6 +94,22 @@ def build_images(root: Path) -> RegistryImages:
         },
         "application/vnd.oci.image.manifest.v1+json",
     )
+    oras = b.artifact(
+        {"hello.txt": "hello from an image volume\n", "data.json": ('{"k":1}', "application/json")},
+        artifact_type="application/vnd.crishim.test.volume.v1",
+        annotations={"org.opencontainers.image.created": "2024-01-01T00:00:00Z"},
+    )
+    typed = b.artifact(
+        {
+            "chart.tgz": (
+                "not really a chart",
+                "application/vnd.cncf.helm.chart.content.v1.tar+gzip",
+            )
+        },
+        artifact_type="application/vnd.cncf.helm.config.v1+json",
+        config=(b'{"name":"chart","version":"1.0.0"}', "application/vnd.cncf.helm.config.v1+json"),
+    )
+    untyped = b.artifact({"only.txt": "no artifactType\n"}, artifact_type=None)
     b.write()
     return RegistryImages(
         layout=root,
@@ -101,6 +124,9 @@ def build_images(root: Path) -> RegistryImages:
         big=big,
         artifact_manifest=artifact.digest,
         moving=small,
+        oras=oras,
+        typed=typed,
+        untyped=untyped,
     )
 
 
@@ -115,6 +141,9 @@ def push_images(images: RegistryImages, base_url: str) -> None:
         pusher.image("test/shared-b", images.shared_b, ["1"])
         pusher.image("test/big", images.big, ["1"])
         pusher.image("test/moving", images.small, ["1"])
+        pusher.image("test/oras", images.oras, ["1"])
+        pusher.image("test/typed", images.typed, ["1"])
+        pusher.image("test/untyped", images.untyped, ["1"])
         # the artifact: its blobs, then the manifest under a tag
         manifest_path = images.layout / "blobs" / "sha256" / images.artifact_manifest[7:]
         manifest = manifest_path.read_bytes()

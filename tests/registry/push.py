@@ -13,7 +13,7 @@ from urllib.parse import urljoin
 
 import httpx
 
-from crishim.testing.ocibuild import BuiltImage, BuiltIndex, Descriptor
+from crishim.testing.ocibuild import BuiltArtifact, BuiltImage, BuiltIndex, Descriptor
 
 
 class Pusher:
@@ -53,7 +53,10 @@ class Pusher:
         assert response.status_code == 201, (response.status_code, response.text)
         assert response.headers.get("Docker-Content-Digest") == descriptor.digest
 
-    def image(self, repository: str, image: BuiltImage, tags: Sequence[str] = ()) -> None:
+    def image(
+        self, repository: str, image: BuiltImage | BuiltArtifact, tags: Sequence[str] = ()
+    ) -> None:
+        """Push an image (or an artifact: the same shape) under its digest and ``tags``."""
         for layer in image.layers:
             self.blob(repository, layer)
         self.blob(repository, image.config)
