@@ -11,17 +11,16 @@ Filters judge every record a backend returns, in the configured order; a
 hidden record is absent for ImageStatus and RemoveImage and left out of
 lists unless its verdict says ``listed``. The verdict is computed once per
 record and kept with it; with no filters configured nothing is judged.
+
+Pull policies (:mod:`crishim.policies`) judge every pull before the
+pulling backend is asked, and again once the pull has resolved its image.
 """
 
 from __future__ import annotations
 
-import contextvars
 import copy
 import logging
-import queue
-import threading
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import Future
 from dataclasses import dataclass, replace
 from operator import methodcaller
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -36,7 +35,9 @@ from crishim.errors import (
 )
 from crishim.index import merge_records
 from crishim.model import Answer, FilesystemUsage, ImageRecord
+from crishim.policies import PolicyChain, image_of_record
 from crishim.reference import Reference, RefKind
+from crishim.timed import BackendBusy, BackendTimeout, TimedCaller
 from crishim.types import (
     VISIBLE,
     Backend,
@@ -44,8 +45,11 @@ from crishim.types import (
     HandlerAware,
     Puller,
     PullRequest,
+    ResolvedImage,
     Verdict,
 )
+
+__all__ = ["BackendBusy", "BackendHandle", "BackendTimeout", "Catalog", "TimedCaller"]
 
 if TYPE_CHECKING:
     from crishim.tracing import PluginTelemetry
@@ -156,84 +160,6 @@ class FilterChain:
         return VISIBLE
 
 
-class BackendTimeout(TimeoutError):
-    """A backend did not answer within its ``timeout``."""
-
-
-class BackendBusy(RuntimeError):
-    """Every worker of a backend with a ``timeout`` is held by a call still running."""
-
-
-_Task = tuple[Future[Any], contextvars.Context, Callable[[Backend], Any], Backend]
-
-
-class TimedCaller:
-    """Calls one backend on its own bounded pool of daemon threads.
-
-    The caller waits at most ``timeout`` seconds for the answer. A call past
-    its timeout keeps its worker until the backend returns; when every
-    worker is held, the next call fails at once (BackendBusy) instead of
-    queueing behind a hung backend. So a hung plugin holds a server thread
-    for at most ``timeout``, and at most ``workers`` threads of its own.
-    """
-
-    def __init__(self, name: str, timeout: float, workers: int) -> None:
-        self.name = name
-        self.timeout = timeout
-        self.workers = workers
-        self._slots = threading.BoundedSemaphore(workers)
-        self._tasks: queue.SimpleQueue[_Task | None] = queue.SimpleQueue()
-        self._threads: list[threading.Thread] = []
-        self._lock = threading.Lock()
-
-    def call(self, fn: Callable[[Backend], T], backend: Backend) -> T:
-        if not self._slots.acquire(blocking=False):
-            raise BackendBusy(
-                f"all {self.workers} workers are held by calls that have not returned "
-                f"within the {self.timeout}s timeout"
-            )
-        if not self._threads:
-            self._start()
-        future: Future[T] = Future()
-        self._tasks.put((future, contextvars.copy_context(), fn, backend))
-        try:
-            return future.result(self.timeout)
-        except TimeoutError:
-            if not future.done():
-                raise BackendTimeout(f"no answer within {self.timeout}s") from None
-        return future.result(0)  # it finished just then, or raised TimeoutError itself
-
-    def close(self) -> None:
-        """Let idle workers exit; a worker stuck in a hung call is a daemon."""
-        for _ in self._threads:
-            self._tasks.put(None)
-
-    def _start(self) -> None:
-        with self._lock:
-            while len(self._threads) < self.workers:
-                thread = threading.Thread(
-                    target=self._work,
-                    name=f"backend-{self.name}-{len(self._threads)}",
-                    daemon=True,
-                )
-                thread.start()
-                self._threads.append(thread)
-
-    def _work(self) -> None:
-        while (task := self._tasks.get()) is not None:
-            future, context, fn, backend = task
-            try:
-                if future.set_running_or_notify_cancel():
-                    try:
-                        result = context.run(fn, backend)
-                    except BaseException as exc:
-                        future.set_exception(exc)
-                    else:
-                        future.set_result(result)
-            finally:
-                self._slots.release()
-
-
 class PinnedPolicy:
     """Decides ``Image.pinned`` from exact names and ``prefix*`` patterns."""
 
@@ -263,6 +189,7 @@ class Catalog:
         fail_on_backend_error: bool = False,
         telemetry: PluginTelemetry | None = None,
         filters: Sequence[FilterHandle] = (),
+        policies: PolicyChain | None = None,
         timeout_workers: int = 4,
     ) -> None:
         self.backends = tuple(backends)
@@ -277,6 +204,8 @@ class Catalog:
         self.telemetry = telemetry
         #: The filters, in order; None when there are none (nothing is judged).
         self.filters = FilterChain(filters, telemetry) if filters else None
+        #: The pull policies; None when there are none (every pull is allowed).
+        self.policies = policies if policies is not None and policies.policies else None
         #: A bounded worker pool per backend with a ``timeout``.
         self._timed = {
             h.name: TimedCaller(h.name, h.timeout, timeout_workers)
@@ -328,6 +257,8 @@ class Catalog:
                 log.exception("backend %s failed to close", handle.name)
         for caller in self._timed.values():
             caller.close()
+        if self.policies is not None:
+            self.policies.close()
 
     # -- runtime handlers --------------------------------------------------
 
@@ -521,6 +452,18 @@ class Catalog:
         if route is not self:
             return route.pull_image(request)
         ref = request.ref
+        policies = self.policies
+        admitted: list[ResolvedImage] = []
+        if policies is not None:
+            policies.check_request(request)
+            if policies.checks_images:
+                asked = request
+
+                def admit(image: ResolvedImage) -> None:
+                    policies.check_image(asked, image)
+                    admitted.append(image)
+
+                request = replace(request, admit=admit)
         for handle in self.backends:
             if isinstance(handle.backend, Puller):
                 record: ImageRecord = self._traced(
@@ -530,6 +473,9 @@ class Catalog:
                     raise BackendError(
                         handle.name, f"pull_image answered {_shape_of(record)}, not an ImageRecord"
                     )
+                if policies is not None and policies.checks_images and not admitted:
+                    # the backend's pull did not go through crishim's puller
+                    policies.check_image(request, image_of_record(request, record))
                 answer = self.image_status(_id_ref(record.id))
                 if answer is None and self.filters is not None:
                     verdict = self.filters.verdict(record)
@@ -540,6 +486,8 @@ class Catalog:
                 return answer if answer is not None else self._answer(record, handle.name)
         answer = self.image_status(ref)
         if answer is not None:
+            if policies is not None and policies.checks_images:
+                policies.check_image(request, image_of_record(request, answer.record))
             return answer
         raise NotSupported(
             f"cannot pull {ref}: no configured backend pulls images "

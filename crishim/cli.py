@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -25,7 +25,14 @@ from crishim.config import (
 from crishim.container import Application, check_config, make_application
 from crishim.errors import CrishimError
 from crishim.manager import PluginError, PluginInfo, load_plugins
-from crishim.types import PullAuth, PullProgress, PullRequest
+from crishim.types import (
+    BackendType,
+    FilterType,
+    PullAuth,
+    PullPolicyType,
+    PullProgress,
+    PullRequest,
+)
 
 log = logging.getLogger("crishim")
 
@@ -43,6 +50,14 @@ def _config_option(fn: Any) -> Any:
         type=click.Path(dir_okay=False),
         help="YAML config file.",
     )(fn)
+
+
+_handler_option = click.option(
+    "--runtime-handler",
+    default="",
+    metavar="HANDLER",
+    help="The runtime handler to pull for (backends[].runtime_handlers); default: ''.",
+)
 
 
 def _fail(message: str, code: int) -> NoReturn:
@@ -221,23 +236,24 @@ def health_command(config_path: str, listen: str | None, timeout: float) -> None
 
 @main.command("plugins")
 def list_plugins() -> None:
-    """List the plugins installed, their backend types, package and version."""
+    """List the plugins installed and the types they offer, with package and version."""
     _quiet_plugin_loading()
     try:
         pm = load_plugins()
-        types = pm.backend_types()
-        filter_types = pm.filter_types()
+        kinds: dict[str, Mapping[str, BackendType | FilterType | PullPolicyType]] = {
+            "backend types": pm.backend_types(),
+            "filter types": pm.filter_types(),
+            "pull policy types": pm.pull_policy_types(),
+        }
     except PluginError as exc:
         _fail(str(exc), EXIT_CONFIG)
     _echo_plugins(pm.infos)
-    click.echo("backend types:")
-    for name, bt in sorted(types.items()):
-        origin = f"{bt.package} {bt.version}".strip() or "unknown package"
-        click.echo(f"  {name}: {origin}" + (f" - {bt.description}" if bt.description else ""))
-    click.echo("filter types:")
-    for name, ft in sorted(filter_types.items()):
-        origin = f"{ft.package} {ft.version}".strip() or "unknown package"
-        click.echo(f"  {name}: {origin}" + (f" - {ft.description}" if ft.description else ""))
+    for title, types in kinds.items():
+        click.echo(f"{title}:")
+        for name, kind in sorted(types.items()):
+            origin = f"{kind.package} {kind.version}".strip() or "unknown package"
+            described = f" - {kind.description}" if kind.description else ""
+            click.echo(f"  {name}: {origin}{described}")
 
 
 def _quiet_plugin_loading() -> None:
@@ -273,6 +289,7 @@ EXIT_INTERRUPTED = 130
     help="Give up after this many seconds.",
 )
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars; print the image ID only.")
+@_handler_option
 @click.argument("image")
 def pull_command(
     config_path: str,
@@ -280,6 +297,7 @@ def pull_command(
     password_stdin: bool,
     timeout: float | None,
     quiet: bool,
+    runtime_handler: str,
     image: str,
 ) -> None:
     """Pull IMAGE into the store, as PullImage does, without a server.
@@ -308,6 +326,10 @@ def pull_command(
         auth = PullAuth(username=username, password=password)
     app = make_application(settings)
     catalog = _catalog(app)
+    try:
+        catalog.route(runtime_handler)
+    except CrishimError as exc:
+        _fail(f"--runtime-handler: {exc}", EXIT_CONFIG)
     interrupted = threading.Event()
     previous = signal.signal(signal.SIGINT, lambda *_: interrupted.set())
     bars = _PullBars(enabled=not quiet)
@@ -321,6 +343,7 @@ def pull_command(
                     deadline=None if timeout is None else time.monotonic() + timeout,
                     cancelled=interrupted.is_set,
                     progress=bars.update,
+                    runtime_handler=runtime_handler,
                 )
             )
     except CrishimError as exc:
@@ -342,8 +365,11 @@ def pull_command(
     help="Name the image (for a file holding one image, or one it leaves unnamed).",
 )
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars; print image IDs only.")
+@_handler_option
 @click.argument("path", type=click.Path(exists=True, path_type=Path))
-def import_command(config_path: str, name: str | None, quiet: bool, path: Path) -> None:
+def import_command(
+    config_path: str, name: str | None, quiet: bool, runtime_handler: str, path: Path
+) -> None:
     """Load the images of PATH into the store of the first pulling backend.
 
     PATH is an OCI image layout (a directory or a tar file, as ``ctr images
@@ -372,11 +398,16 @@ def import_command(config_path: str, name: str | None, quiet: bool, path: Path) 
             _fail(f"--name: {name!r} is an image ID, not a name", EXIT_CONFIG)
     app = make_application(settings)
     catalog = _catalog(app)
-    importer = next((h for h in catalog.backends if isinstance(h.backend, Importer)), None)
+    try:
+        serving = catalog.route(runtime_handler).backends
+    except CrishimError as exc:
+        _fail(f"--runtime-handler: {exc}", EXIT_CONFIG)
+    importer = next((h for h in serving if isinstance(h.backend, Importer)), None)
     if importer is None:
         _fail(
-            "no configured backend imports images "
-            f"(backends: {', '.join(h.name for h in catalog.backends)})",
+            "no configured backend imports images"
+            + (f" for runtime handler {runtime_handler!r}" if runtime_handler else "")
+            + f" (backends: {', '.join(h.name for h in serving)})",
             EXIT_CONFIG,
         )
     interrupted = threading.Event()

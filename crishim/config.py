@@ -281,6 +281,11 @@ class FilterSettings(_Model):
         return BackendSettings._name(value)
 
 
+class PullPolicySettings(FilterSettings):
+    #: Seconds one check may take; past it the pull is denied (UNAVAILABLE).
+    timeout: Annotated[float, Field(gt=0)] = 10.0
+
+
 class PluginSettings(_Model):
     #: Entry-point names of plugins not to load (also: CRISHIM_DISABLE_PLUGINS).
     disabled: list[str] = Field(default_factory=list)
@@ -396,6 +401,10 @@ class Settings(_Model):
     #: the default chain (filter types that declare themselves part of it,
     #: e.g. embedded-filter); ``[]``: no filters.
     filters: list[FilterSettings] | None = None
+    #: Pull policies (docs/policies.md): every one must allow a pull, asked
+    #: in this order before anything is fetched and again before the image
+    #: is visible. Empty: every pull is allowed.
+    pull_policies: list[PullPolicySettings] = Field(default_factory=list)
     #: A backend that raises or times out fails the call (INTERNAL) instead
     #: of costing only its own answer.
     fail_on_backend_error: bool = False
@@ -423,15 +432,16 @@ class Settings(_Model):
                     raise ValueError(str(exc)) from exc
         return out
 
-    @field_validator("filters")
+    @field_validator("filters", "pull_policies")
     @classmethod
-    def _unique_filter_names(cls, filters: list[FilterSettings] | None) -> Any:
+    def _unique_names(cls, entries: list[FilterSettings] | None, info: ValidationInfo) -> Any:
+        what = "filter" if info.field_name == "filters" else "pull policy"
         seen: set[str] = set()
-        for entry in filters or ():
+        for entry in entries or ():
             if entry.name in seen:
-                raise ValueError(f"filter name {entry.name!r} is used twice")
+                raise ValueError(f"{what} name {entry.name!r} is used twice")
             seen.add(entry.name)
-        return filters
+        return entries
 
     @field_validator("backends")
     @classmethod
@@ -612,13 +622,19 @@ M = TypeVar("M", bound=BaseModel)
 def validate_options(
     settings: Settings, index: int, model: type[M], section: str = "backends"
 ) -> M:
-    """Validate ``backends[index].options`` (or ``filters[index]``) with a type's model.
+    """Validate ``<section>[index].options`` with a type's model (section:
+    ``backends``, ``filters`` or ``pull_policies``).
 
     Paths the model declares as :data:`ExistingDirectory` or
     :data:`ExistingFile` are checked against the file system, relative
     ones against the config file's directory.
     """
-    entries = (settings.filters or []) if section == "filters" else settings.backends
+    sections: dict[str, Sequence[BackendSettings | FilterSettings]] = {
+        "backends": settings.backends,
+        "filters": settings.filters or [],
+        "pull_policies": settings.pull_policies,
+    }
+    entries = sections[section]
     return check_options(
         settings.source, settings.base_dir, (section, index), entries[index].options, model
     )

@@ -9,9 +9,9 @@ imports dependency-injector; tests swap a provider with ``.override()``.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from dependency_injector import containers, providers
 from opentelemetry import trace
@@ -20,16 +20,84 @@ from pydantic import ValidationError
 from crishim import config as config_mod
 from crishim import metrics, tracing
 from crishim.catalog import BackendHandle, Catalog, FilterHandle, PinnedPolicy
-from crishim.config import ConfigError, FilterSettings, PluginSettings, Settings
+from crishim.config import (
+    BackendSettings,
+    ConfigError,
+    FilterSettings,
+    PluginSettings,
+    PullPolicySettings,
+    Settings,
+)
 from crishim.live import LiveCatalog
 from crishim.manager import PluginError, PluginManager, load_plugins
+from crishim.policies import PolicyChain, PolicyHandle
 from crishim.pulls import PullBoard
 from crishim.server import Server
 from crishim.service import ImageService
 from crishim.status import StatusEndpoint
-from crishim.types import Backend, BackendContext, FilterContext
+from crishim.types import (
+    Backend,
+    BackendContext,
+    BackendType,
+    FilterContext,
+    FilterType,
+    ImagePolicy,
+    PolicyContext,
+    PullPolicy,
+    PullPolicyType,
+)
 
 log = logging.getLogger(__name__)
+
+
+_Entry = TypeVar("_Entry", BackendSettings, FilterSettings, PullPolicySettings)
+_Kind = TypeVar("_Kind", BackendType, FilterType, PullPolicyType)
+
+#: What each config section's entries are, for messages.
+_WHAT = {"backends": "backend", "filters": "filter", "pull_policies": "pull policy"}
+
+
+def _configured(
+    settings: Settings,
+    section: str,
+    entries: Sequence[_Entry],
+    types: Mapping[str, _Kind],
+    problems: list[tuple[str, str]],
+    validate: Callable[[int, _Kind], Any] | None = None,
+    hint: Callable[[str], str] | None = None,
+) -> Iterator[tuple[_Entry, _Kind, Any]]:
+    """(entry, its type, its validated options) for each enabled entry of a section.
+
+    An entry naming no installed type, or with invalid options, adds to
+    ``problems`` and is skipped, so one pass reports every entry's problems.
+    ``validate(i, type)`` replaces the config's own option check;
+    ``hint(type_name)`` says which plugin left out may offer an unknown type
+    (:meth:`crishim.manager.PluginManager.missing_type_hint`).
+    """
+    for i, entry in enumerate(entries):
+        if not entry.enabled:
+            continue
+        kind = types.get(entry.type)
+        if kind is None:
+            known = ", ".join(sorted(types)) or "none"
+            why = hint(entry.type) if hint is not None else ""
+            problems.append(
+                (
+                    f"{section}[{i}].type",
+                    f"unknown {_WHAT[section]} type {entry.type!r} (installed: {known})"
+                    + (f"; {why}" if why else ""),
+                )
+            )
+            continue
+        try:
+            if validate is not None:
+                options = validate(i, kind)
+            else:
+                options = config_mod.validate_options(settings, i, kind.options_model, section)
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+            continue
+        yield entry, kind, options
 
 
 def build_backends(
@@ -42,26 +110,9 @@ def build_backends(
     types = plugins.backend_types()
     handles: list[BackendHandle] = []
     problems: list[tuple[str, str]] = config_mod.handler_platform_problems(settings)
-    for i, entry in enumerate(settings.backends):
-        if not entry.enabled:
-            continue
-        backend_type = types.get(entry.type)
-        if backend_type is None:
-            known = ", ".join(sorted(types)) or "none"
-            hint = plugins.missing_type_hint(entry.type)
-            problems.append(
-                (
-                    f"backends[{i}].type",
-                    f"unknown backend type {entry.type!r} (installed: {known})"
-                    + (f"; {hint}" if hint else ""),
-                )
-            )
-            continue
-        try:
-            options = config_mod.validate_options(settings, i, backend_type.options_model)
-        except ConfigError as exc:
-            problems.extend(exc.problems)
-            continue
+    for entry, backend_type, options in _configured(
+        settings, "backends", settings.backends, types, problems, hint=plugins.missing_type_hint
+    ):
         context = BackendContext(
             name=entry.name,
             platform=config_mod.backend_platform(settings, entry),
@@ -115,42 +166,66 @@ def build_filters(settings: Settings, plugins: PluginManager) -> list[FilterHand
         entries = settings.filters
     handles: list[FilterHandle] = []
     problems: list[tuple[str, str]] = []
-    for i, entry in enumerate(entries):
-        if not entry.enabled:
-            continue
-        filter_type = types.get(entry.type)
-        if filter_type is None:
-            known = ", ".join(sorted(types)) or "none"
-            hint = plugins.missing_type_hint(entry.type)
-            problems.append(
-                (
-                    f"filters[{i}].type",
-                    f"unknown filter type {entry.type!r} (installed: {known})"
-                    + (f"; {hint}" if hint else ""),
-                )
-            )
-            continue
-        if default:
-            try:
-                options = filter_type.options_model.model_validate(entry.options)
-            except ValidationError as exc:
-                raise PluginError(
-                    f"filter type {entry.type!r} ({filter_type.package or 'unknown package'}): "
-                    f"its default_chain_options are invalid: {exc}"
-                ) from None
-        else:
-            try:
-                options = config_mod.validate_options(
-                    settings, i, filter_type.options_model, "filters"
-                )
-            except ConfigError as exc:
-                problems.extend(exc.problems)
-                continue
+
+    def chain_options(i: int, filter_type: FilterType) -> Any:
+        try:
+            return filter_type.options_model.model_validate(entries[i].options)
+        except ValidationError as exc:
+            raise PluginError(
+                f"filter type {filter_type.name!r} ({filter_type.package or 'unknown package'}): "
+                f"its default_chain_options are invalid: {exc}"
+            ) from None
+
+    for entry, filter_type, options in _configured(
+        settings,
+        "filters",
+        entries,
+        types,
+        problems,
+        chain_options if default else None,
+        hint=plugins.missing_type_hint,
+    ):
         context = FilterContext(name=entry.name, config_dir=settings.base_dir)
         handles.append(FilterHandle(entry.name, entry.type, filter_type.factory(context, options)))
     if problems:
         raise ConfigError(settings.source, problems)
     return handles
+
+
+def build_policies(
+    settings: Settings,
+    plugins: PluginManager,
+    telemetry: tracing.PluginTelemetry | None = None,
+    tracer_provider: trace.TracerProvider | None = None,
+) -> PolicyChain:
+    """One instance per enabled ``pull_policies[]`` entry, in config order."""
+    types = plugins.pull_policy_types()
+    handles: list[PolicyHandle] = []
+    problems: list[tuple[str, str]] = []
+    for entry, policy_type, options in _configured(
+        settings,
+        "pull_policies",
+        settings.pull_policies,
+        types,
+        problems,
+        hint=plugins.missing_type_hint,
+    ):
+        context = PolicyContext(
+            name=entry.name,
+            config_dir=settings.base_dir,
+            tracer_provider=tracer_provider or trace.NoOpTracerProvider(),
+        )
+        policy = policy_type.factory(context, options)
+        if not isinstance(policy, PullPolicy | ImagePolicy):
+            raise PluginError(
+                f"pull policy type {entry.type!r} ({policy_type.package or 'unknown package'}): "
+                f"its factory built a {type(policy).__name__}, which has neither "
+                "check_request nor check_image"
+            )
+        handles.append(PolicyHandle(entry.name, entry.type, policy, entry.timeout))
+    if problems:
+        raise ConfigError(settings.source, problems)
+    return PolicyChain(handles, telemetry, settings.server.workers)
 
 
 def status_endpoint(path: Path | None, board: PullBoard, mode: int) -> StatusEndpoint | None:
@@ -220,12 +295,21 @@ class Application(containers.DeclarativeContainer):
 
     filters = providers.ThreadSafeSingleton(build_filters, settings=settings, plugins=plugins)
 
+    policies = providers.ThreadSafeSingleton(
+        build_policies,
+        settings=settings,
+        plugins=plugins,
+        telemetry=plugin_telemetry,
+        tracer_provider=tracer_provider,
+    )
+
     catalog = providers.ThreadSafeSingleton(
         Catalog,
         backends=backends,
         pinned=pinned,
         telemetry=plugin_telemetry,
         filters=filters,
+        policies=policies,
         fail_on_backend_error=settings.provided.fail_on_backend_error,
         timeout_workers=settings.provided.server.workers,
     )
@@ -293,7 +377,7 @@ SHARED_ON_RELOAD = ("tracer_provider", "meter_provider", "prometheus", "plugin_t
 def make_successor(running: Application, settings: Settings) -> Application:
     """An application for a reloaded config that shares ``running``'s telemetry.
 
-    Only its catalog (backends, filters, pins) is used: the server, the
+    Only its catalog (backends, filters, pull policies, pins) is used: the server, the
     servicer and the telemetry providers stay those of ``running``, so
     ``settings`` should carry the running ``server``, ``tracing`` and
     ``metrics`` sections (:func:`crishim.daemon.reloadable`).
@@ -310,7 +394,7 @@ def release_catalog(app: Application) -> None:
     After a reload swapped the catalog out and closed it, this lets its
     indexes be freed; the container's other providers stay usable.
     """
-    for provider in (app.catalog, app.backends, app.filters, app.pinned):
+    for provider in (app.catalog, app.backends, app.filters, app.policies, app.pinned):
         provider.reset()
 
 
@@ -324,7 +408,7 @@ def check_config(
 ) -> tuple[Settings, Application]:
     """Every check ``serve`` makes before it starts, every problem in one ConfigError.
 
-    The schema, then every backend's and filter's options with its type's
+    The schema, then every backend's, filter's and pull policy's options with its type's
     model (paths checked against the file system), then tracing and
     metrics. When the schema fails, the options of every entry that names
     a known type are still checked, so one pass shows all that is wrong.
@@ -354,7 +438,13 @@ def check_config(
     else:
         app = make(settings)
     errors = []
-    for build in (app.backends, app.filters, app.tracing_setup, app.metrics_setup):
+    for build in (
+        app.backends,
+        app.filters,
+        app.policies,
+        app.tracing_setup,
+        app.metrics_setup,
+    ):
         try:
             build()
         except ConfigError as exc:
@@ -386,6 +476,7 @@ def _raw_option_problems(
         kinds: dict[str, Mapping[str, Any]] = {
             "backends": plugins.backend_types(),
             "filters": plugins.filter_types(),
+            "pull_policies": plugins.pull_policy_types(),
         }
     except PluginError:
         return []  # said again, on its own, once the schema is fixed
@@ -402,7 +493,7 @@ def _raw_option_problems(
             if kind is None:
                 if isinstance(entry.get("type"), str) and f"{section}[{i}].type" not in known:
                     installed = ", ".join(sorted(types)) or "none"
-                    what = section[:-1]
+                    what = _WHAT[section]
                     problems.append(
                         (
                             f"{section}[{i}].type",

@@ -213,7 +213,7 @@ def _serves(handle_backend: object) -> str:
 
 
 def _describe(catalog: Catalog, settings: Settings, prefix: str = "") -> None:
-    """One line per backend: its type and what it serves; then the filters and pins."""
+    """One line per backend: its type and what it serves; then filters, policies and pins."""
     for handle in catalog.backends:
         log.info(
             "%sbackend %s (type %s): %s", prefix, handle.name, handle.type, _serves(handle.backend)
@@ -221,6 +221,9 @@ def _describe(catalog: Catalog, settings: Settings, prefix: str = "") -> None:
     names = [f.name for f in catalog.filters.filters] if catalog.filters is not None else []
     chain = " (the default chain)" if settings.filters is None else ""
     log.info("%sfilters%s: %s", prefix, chain, ", ".join(names) or "none")
+    if catalog.policies is not None:
+        policies = ", ".join(f"{h.name} ({h.type})" for h in catalog.policies.policies)
+        log.info("%spull policies: %s", prefix, policies)
     if settings.pinned:
         log.info("%spinned: %s", prefix, ", ".join(settings.pinned))
 

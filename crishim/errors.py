@@ -41,6 +41,7 @@ __all__ = [
     "InvalidRequest",
     "NotSupported",
     "PermissionDenied",
+    "PreconditionFailed",
     "ReadOnly",
     "TooLarge",
     "Unauthenticated",
@@ -75,6 +76,11 @@ class NotSupported(CrishimError):
     """No configured backend can do what was asked (FAILED_PRECONDITION)."""
 
 
+class PreconditionFailed(CrishimError):
+    """The request cannot be served as it was made: a pull policy wants it
+    otherwise, e.g. by digest (FAILED_PRECONDITION)."""
+
+
 class ReadOnly(CrishimError):
     """The backend holding the image refuses writes (FAILED_PRECONDITION)."""
 
@@ -103,7 +109,8 @@ class TooLarge(CrishimError):
 
 
 class PermissionDenied(CrishimError):
-    """The source refused the credentials given (PERMISSION_DENIED)."""
+    """The source refused the credentials given, or a pull policy denied the
+    pull (PERMISSION_DENIED)."""
 
 
 class Unauthenticated(CrishimError):

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 
 import pluggy
 
-from crishim.types import BackendType, FilterType
+from crishim.types import BackendType, FilterType, PullPolicyType
 
 PROJECT = "crishim"
 
@@ -78,4 +78,41 @@ def crishim_filter_types() -> Iterable[FilterType]:  # type: ignore[empty-body]
         @hookimpl
         def crishim_filter_types():
             return [FilterType(name="no-latest", factory=NoLatest)]
+    """
+
+
+@_hookspec
+def crishim_pull_policy_types() -> Iterable[PullPolicyType]:  # type: ignore[empty-body]
+    """Offer pull policy types that configs can name in ``pull_policies[].type``.
+
+    Return an iterable of :class:`crishim.types.PullPolicyType`. The factory
+    builds an object with ``check_request(request)`` (a
+    :class:`crishim.types.PullPolicy`, asked before anything is fetched),
+    ``check_image(request, image)`` (an :class:`crishim.types.ImagePolicy`,
+    asked once the pull resolved its manifest, before the image is visible),
+    or both; each returns a :class:`crishim.types.Decision`. Every
+    configured policy must allow a pull; the first denial ends it
+    (PERMISSION_DENIED, or FAILED_PRECONDITION), its reason in the message.
+    A policy that raises, times out or returns something else denies. A
+    type name claimed by two plugins is a start-up error.
+
+    Example::
+
+        from crishim import hookimpl
+        from crishim.types import ALLOW, Decision, PullPolicyType
+
+
+        class NoLatest:
+            def __init__(self, context, options):
+                pass
+
+            def check_request(self, request):
+                if request.ref.tag == "latest" and not request.ref.digest:
+                    return Decision.precondition("pull a version, not latest")
+                return ALLOW
+
+
+        @hookimpl
+        def crishim_pull_policy_types():
+            return [PullPolicyType(name="no-latest", factory=NoLatest)]
     """

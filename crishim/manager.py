@@ -28,7 +28,7 @@ from typing import Any, cast
 import pluggy
 
 from crishim import hookspecs
-from crishim.types import BackendType, FilterType
+from crishim.types import BackendType, FilterType, PullPolicyType
 
 __all__ = [
     "DISABLE_ENV",
@@ -46,9 +46,12 @@ ENTRY_POINT_GROUP = "crishim.plugins"
 DISABLE_ENV = "CRISHIM_DISABLE_PLUGINS"
 
 #: The registering hooks and the type each returns.
-_REGISTERING: tuple[tuple[str, type[BackendType] | type[FilterType]], ...] = (
+_REGISTERING: tuple[
+    tuple[str, type[BackendType] | type[FilterType] | type[PullPolicyType]], ...
+] = (
     ("crishim_backend_types", BackendType),
     ("crishim_filter_types", FilterType),
+    ("crishim_pull_policy_types", PullPolicyType),
 )
 
 
@@ -88,6 +91,20 @@ class _Offer:
     plugin: str
     backends: tuple[BackendType, ...] = ()
     filters: tuple[FilterType, ...] = ()
+    policies: tuple[PullPolicyType, ...] = ()
+
+    def names(self) -> tuple[str, ...]:
+        """Every type name offered, of any kind."""
+        return tuple(t.name for kind in (self.backends, self.filters, self.policies) for t in kind)
+
+    def stamped(self, package: str, version: str) -> _Offer:
+        """The offer with each type's ``package`` and ``version`` filled in."""
+        return _Offer(
+            self.plugin,
+            tuple(replace(t, package=package, version=version) for t in self.backends),
+            tuple(replace(t, package=package, version=version) for t in self.filters),
+            tuple(replace(t, package=package, version=version) for t in self.policies),
+        )
 
 
 class PluginManager:
@@ -104,6 +121,7 @@ class PluginManager:
         self._offers = tuple(offers)
         self._backend_types: dict[str, BackendType] | None = None
         self._filter_types: dict[str, FilterType] | None = None
+        self._policy_types: dict[str, PullPolicyType] | None = None
 
     @property
     def pluggy(self) -> pluggy.PluginManager:
@@ -124,6 +142,14 @@ class PluginManager:
                 ((o.plugin, o.filters) for o in self._offers), "filter type"
             )
         return self._filter_types
+
+    def pull_policy_types(self) -> dict[str, PullPolicyType]:
+        """Every pull policy type offered, by name; two claims of one name fail."""
+        if self._policy_types is None:
+            self._policy_types = _merge(
+                ((o.plugin, o.policies) for o in self._offers), "pull policy type"
+            )
+        return self._policy_types
 
     @property
     def failed(self) -> tuple[PluginInfo, ...]:
@@ -259,7 +285,12 @@ def _offer(pm: pluggy.PluginManager, plugin: object, name: str) -> _Offer:
                     )
             items.extend(returned)
         found[hook_name] = tuple(items)
-    return _Offer(name, found["crishim_backend_types"], found["crishim_filter_types"])
+    return _Offer(
+        name,
+        found["crishim_backend_types"],
+        found["crishim_filter_types"],
+        found["crishim_pull_policy_types"],
+    )
 
 
 def _check(
@@ -275,8 +306,7 @@ def _check(
     unknown = _unknown_hooks(pm, plugin)
     if unknown:
         try:  # what its well-named hooks offer, so a config naming it gets a hint
-            offer = _offer(pm, plugin, name)
-            offers = tuple(b.name for b in offer.backends) + tuple(f.name for f in offer.filters)
+            offers = _offer(pm, plugin, name).names()
         except PluginError:
             offers = ()
         pm.unregister(plugin, name=name)
@@ -344,13 +374,8 @@ def load_plugins(
             left_out(replace(info, error=problem, offers=would_offer))
             continue
         infos.append(replace(info, loaded=True))
-        if package:  # who registered each type, for `crishim plugins` and check-config
-            offer = _Offer(
-                name,
-                tuple(replace(t, package=package, version=version) for t in offer.backends),
-                tuple(replace(t, package=package, version=version) for t in offer.filters),
-            )
-        offers.append(offer)
+        # who registered each type, for `crishim plugins` and check-config
+        offers.append(offer.stamped(package, version) if package else offer)
     return PluginManager(pm, infos, offers)
 
 

@@ -28,7 +28,7 @@ from crishim.model import Answer, FilesystemUsage
 from crishim.oci.layout import chain_id
 from crishim.pulls import PullBoard, PullState
 from crishim.reference import Reference
-from crishim.types import PullAuth, PullRequest
+from crishim.types import PodContext, PullAuth, PullRequest
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +42,7 @@ _STATUS: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
     (errors.ImageNotFound, grpc.StatusCode.NOT_FOUND),
     (errors.NotSupported, grpc.StatusCode.FAILED_PRECONDITION),
     (errors.ReadOnly, grpc.StatusCode.FAILED_PRECONDITION),
+    (errors.PreconditionFailed, grpc.StatusCode.FAILED_PRECONDITION),
     (errors.Unavailable, grpc.StatusCode.UNAVAILABLE),
     (errors.PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
     (errors.Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
@@ -417,6 +418,7 @@ class ImageService(api_pb2_grpc.ImageServiceServicer):
             annotations=dict(request.image.annotations),
             runtime_handler=request.image.runtime_handler,
             user_specified_image=_echoed(request.image),
+            pod=_pod(request),
         )
         state = self.board.enter(ref, self.catalog.pulling_backend())
         outcome = "error"
@@ -498,6 +500,21 @@ class ImageService(api_pb2_grpc.ImageServiceServicer):
             image_filesystems=[_usage_message(u, now) for u in images],
             container_filesystems=[_usage_message(u, now) for u in containers],
         )
+
+
+def _pod(request: api_pb2.PullImageRequest) -> PodContext | None:
+    """The pod a PullImage is for (its sandbox config), when the caller sent one."""
+    if not request.HasField("sandbox_config"):
+        return None
+    config = request.sandbox_config
+    meta = config.metadata
+    return PodContext(
+        namespace=meta.namespace,
+        name=meta.name,
+        uid=meta.uid,
+        annotations=dict(config.annotations),
+        labels=dict(config.labels),
+    )
 
 
 def _usage_message(usage: FilesystemUsage, now: int) -> api_pb2.FilesystemUsage:

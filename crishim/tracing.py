@@ -93,7 +93,17 @@ OUTCOME_MISS = "miss"
 OUTCOME_ERROR = "error"
 OUTCOME_VISIBLE = "visible"
 OUTCOME_HIDDEN = "hidden"
-_OUTCOMES = (OUTCOME_HIT, OUTCOME_MISS, OUTCOME_ERROR, OUTCOME_VISIBLE, OUTCOME_HIDDEN)
+OUTCOME_ALLOWED = "allowed"
+OUTCOME_DENIED = "denied"
+_OUTCOMES = (
+    OUTCOME_HIT,
+    OUTCOME_MISS,
+    OUTCOME_ERROR,
+    OUTCOME_VISIBLE,
+    OUTCOME_HIDDEN,
+    OUTCOME_ALLOWED,
+    OUTCOME_DENIED,
+)
 
 _MAX_REFERENCE = 512
 #: Set on an exception once a span recorded it, so enclosing spans do not again.
@@ -719,6 +729,9 @@ def _outcome(result: object) -> str:
     hidden = getattr(result, "hidden", None)  # a filter's Verdict
     if hidden is not None:
         return OUTCOME_HIDDEN if hidden else OUTCOME_VISIBLE
+    allowed = getattr(result, "allowed", None)  # a pull policy's Decision
+    if allowed is not None:
+        return OUTCOME_ALLOWED if allowed else OUTCOME_DENIED
     if result is None:
         return OUTCOME_MISS
     if isinstance(result, Sequence) and not isinstance(result, str) and not result:

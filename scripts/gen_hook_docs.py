@@ -40,6 +40,14 @@ TYPES = (
     "FilterContext",
     "Filter",
     "Verdict",
+    "PullPolicyType",
+    "PolicyContext",
+    "PullPolicy",
+    "ImagePolicy",
+    "Decision",
+    "ResolvedImage",
+    "PullRequest",
+    "PodContext",
 )
 
 EXAMPLE_MARK = "Example::"

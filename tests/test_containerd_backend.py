@@ -37,6 +37,7 @@ from crishim_plugins.containerd.api.services.images.v1 import images_pb2, images
 from crishim_plugins.containerd.api.services.leases.v1 import leases_pb2, leases_pb2_grpc
 from crishim_plugins.containerd.api.services.snapshots.v1 import snapshots_pb2, snapshots_pb2_grpc
 from crishim_plugins.containerd.api.types import descriptor_pb2
+from policy_helpers import PLUGINS, Recording
 from registry.process import RegistryProcess
 from registry.proxy import TamperingProxy
 from registry.push import Pusher
@@ -328,6 +329,43 @@ def test_a_corrupted_layer_is_data_loss_and_nothing_is_kept(
         assert not {lease for lease in node.lease_ids() if lease.startswith("crishim-")}
     finally:
         proxy.stop()
+
+
+def test_pull_policies_keep_denied_images_out_of_containerd(node: Node) -> None:
+    config = node.config()
+    config["pull_policies"] = [
+        {
+            "name": "by-namespace",
+            "type": "registry-policy",
+            "options": {"namespaces": {"locked": {"deny": ["**"]}}},
+        },
+        {"name": "signatures", "type": "test-image", "options": {"mode": "deny"}},
+    ]
+    ref = node.ref("crishim/removable")
+    request = api_pb2.PullImageRequest(image=api_pb2.ImageSpec(image=ref))
+    request.sandbox_config.metadata.namespace = "locked"
+    before = node.blobs()
+    try:
+        with running_server(config, extra_plugins=PLUGINS) as shim:
+            with pytest.raises(grpc.RpcError) as info:
+                shim.images.PullImage(request, timeout=60)
+            assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
+            assert "in namespace locked" in (info.value.details() or "")
+            assert not Recording.instances["signatures"].images  # denied before resolving
+            request.sandbox_config.metadata.namespace = "default"
+            with pytest.raises(grpc.RpcError) as info:
+                shim.images.PullImage(request, timeout=60)
+            assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
+            assert "denied by pull policy signatures" in (info.value.details() or "")
+            (image,) = Recording.instances["signatures"].images
+            assert image.image_id == node.images["removable"].id
+    finally:
+        Recording.instances.clear()
+    # neither pull named the image in containerd or stored a layer of it
+    assert not {n for n in node.names() if "removable" in n}
+    layers = {layer.digest for layer in node.images["removable"].layers}
+    assert not layers & (node.blobs() - before)
+    assert not {lease for lease in node.lease_ids() if lease.startswith("crishim-")}
 
 
 def test_pins_are_containerds_pin_label_both_ways(node: Node) -> None:

@@ -230,3 +230,37 @@ def test_oci_tar_into_containerd(tmp_path: Path, fresh_containerd: ContainerdPro
     listed = set(fresh_containerd.ctr("images", "ls", "-q").split())
     wanted = {"import.example/app:1", f"import.example/app@{image.manifest.digest}", image.id}
     assert wanted <= listed
+
+
+def test_import_for_a_runtime_handler_lands_in_its_backend(tmp_path: Path) -> None:
+    default_store, vm_store = tmp_path / "store", tmp_path / "vm-store"
+    path = tmp_path / "crishim.yaml"
+    config = {
+        "state_dir": str(tmp_path / "state"),
+        "backends": [
+            {"name": "cache", "type": "registry-cache", "options": {"path": str(default_store)}},
+            {
+                "name": "vm",
+                "type": "registry-cache",
+                "options": {"path": str(vm_store)},
+                "runtime_handlers": ["kata-arm64"],
+                "platform": {"os": "linux", "architecture": "arm64"},
+            },
+        ],
+    }
+    path.write_text(yaml.safe_dump(config))
+    b = LayoutBuilder(tmp_path / "layout")
+    app = b.image(name="app", architecture="arm64")
+    b.tag(app, "example.com/import/app:1")
+    b.write()
+    done = crishim("import", "--config", str(path), "--runtime-handler", "kata-arm64", str(b.root))
+    assert done.returncode == 0, done.stderr
+    assert "example.com/import/app:1" in stored(vm_store)
+    assert stored(default_store) == {}
+    for command in ("import", "pull"):
+        target = str(b.root) if command == "import" else "example.com/import/app:1"
+        done = crishim(command, "--config", str(path), "--runtime-handler", "kata", target)
+        assert done.returncode == 2, done.stderr
+        assert "runtime handler 'kata' is not served" in done.stderr
+        assert "'kata-arm64'" in done.stderr
+        assert "Traceback" not in done.stderr

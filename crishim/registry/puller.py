@@ -18,6 +18,10 @@ image) in its own way.
    only makes a blob visible once its size and digest match (spans
    ``registry.fetch_blob`` and ``registry.verify``). A mismatch is DATA_LOSS.
 
+Between the two, a backend calls :func:`admit`: the pull's image policies
+(``PullRequest.admit``) judge what the plan resolved before any layer is
+fetched.
+
 Errors are :mod:`crishim.errors` exceptions naming the pull and the source.
 """
 
@@ -43,10 +47,11 @@ from crishim.oci.spec import (
     MAX_JSON_BLOB,
     artifact_type,
     check_digest,
+    digest_of,
 )
 from crishim.oci.store import BlobMismatch
 from crishim.reference import Reference, RefKind
-from crishim.types import PullProgress, PullRequest
+from crishim.types import PullProgress, PullRequest, ResolvedImage
 
 from .client import Aborted, ByteSink, Deadline, Fetched, RegistryClient, json_object
 
@@ -216,7 +221,9 @@ def pull_request(
     ``verify_held_images`` is off, first proves with the request's
     credentials that the registry grants the image (``registry``'s manifest
     HEAD), failing as a fresh pull would: a pod without credentials cannot
-    use what another pod pulled. Otherwise ``fetch(ref, deadline)`` runs in
+    use what another pod pulled (with image policies configured the pull
+    is resolved again instead, fetching nothing, so that they judge it).
+    Otherwise ``fetch(ref, deadline)`` runs in
     the ``registry.pull`` span, with the request's deadline and
     cancellation.
     """
@@ -235,7 +242,9 @@ def pull_request(
         "crishim.image.reference": str(ref),
     }
     with tracer.start_as_current_span("registry.pull", attributes=attributes) as span:
-        if ref.digest:
+        # with image policies, a held image is resolved again (nothing is
+        # downloaded) so that they judge it like any other pull
+        if ref.digest and request.admit is None:
             known = backend.get_image(ref)
             if known is not None:
                 if registry is not None and registry.verifies_held_images(ref.domain):
@@ -245,6 +254,56 @@ def pull_request(
                 return known
         deadline.check()
         return fetch(ref, deadline)
+
+
+def admit(request: PullRequest | None, ref: Reference, plan: Plan, source: ImageSource) -> None:
+    """Let the pull's image policies judge the plan (``request.admit``), if any.
+
+    Called after :meth:`Puller.plan`, before :meth:`Puller.fetch`: a denied
+    pull fetches no layer and makes nothing visible. Policies read the
+    config through ``source`` only if they ask for it.
+    """
+    if request is None or request.admit is None:
+        return
+    manifest = json_object(plan.manifest.data, f"pull {ref}: manifest {plan.manifest.digest}")
+    config = plan.config
+
+    def read_config() -> Mapping[str, Any]:
+        if config.size > MAX_JSON_BLOB:
+            raise DataLoss(f"pull {ref}: config of {config.size} bytes is over the limit")
+        buffer = _Buffer(config.size)
+        source.blob(config.digest, buffer)
+        data = bytes(buffer.data)
+        if digest_of(data, check_digest(config.digest)[0]) != config.digest:
+            raise DataLoss(f"pull {ref}: config {config.digest} does not match its digest")
+        return json_object(data, f"pull {ref}: config {config.digest}")
+
+    request.admit(
+        ResolvedImage(
+            ref=ref,
+            digest=plan.top.digest,
+            media_type=plan.top.media_type,
+            manifest_digest=plan.manifest.digest,
+            manifest=manifest,
+            image_id=plan.image_id,
+            artifact_type=plan.artifact_type,
+            source=source,
+            read_config=read_config,
+        )
+    )
+
+
+class _Buffer:
+    """An in-memory ByteSink for a small blob, refusing more than its size."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.data = bytearray()
+
+    def write(self, data: bytes) -> None:
+        if len(self.data) + len(data) > self.size:
+            raise DataLoss(f"the blob is longer than its {self.size} bytes")
+        self.data += data
 
 
 def check_names(ref: Reference, plan: Plan) -> None:

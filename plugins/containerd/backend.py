@@ -53,6 +53,7 @@ from crishim.registry.puller import (
     Plan,
     Progress,
     Puller,
+    admit,
     check_names,
     pull_request,
 )
@@ -398,7 +399,7 @@ class ContainerdBackend(IndexedBackend):
     def pull_image(self, request: PullRequest) -> ImageRecord:
         def fetch(ref: Reference, deadline: Deadline) -> ImageRecord:
             session = self.registry.session(ref, request.auth, deadline)
-            return self._store(session, ref, request.progress, request.deadline)
+            return self._store(session, ref, request.progress, request.deadline, request=request)
 
         return pull_request(self, self.name, self.tracer, request, fetch, self.registry)
 
@@ -417,10 +418,13 @@ class ContainerdBackend(IndexedBackend):
         progress: Progress | None,
         deadline_at: float | None,
         labels: Mapping[str, str] | None = None,
+        request: PullRequest | None = None,
     ) -> ImageRecord:
-        """Fetch what ``source`` holds for ``ref`` into containerd and name it."""
+        """Fetch what ``source`` holds for ``ref`` into containerd and name it
+        (``request``: the pull's, whose image policies judge the plan first)."""
         plan = self.puller.plan(source, ref)
         check_names(ref, plan)
+        admit(request, ref, plan, source)
         if labels is None:
             labels = {f"{DISTRIBUTION_SOURCE}{ref.domain}": ref.path}
         with ContainerdSink(

@@ -359,7 +359,7 @@ class CriBackend:
     # -- the Puller protocol ---------------------------------------------
 
     def pull_image(self, request: PullRequest) -> ImageRecord:
-        """PullImage upstream with the caller's auth, annotations and deadline."""
+        """PullImage upstream with the caller's auth, annotations, pod and deadline."""
         ref = request.ref
         pull = api_pb2.PullImageRequest(
             image=api_pb2.ImageSpec(
@@ -371,6 +371,14 @@ class CriBackend:
         )
         if request.auth:
             pull.auth.CopyFrom(_auth_config(request.auth))
+        if request.pod is not None:
+            # the upstream runtime's own policies see the pod kubelet named
+            pod = request.pod
+            pull.sandbox_config.metadata.name = pod.name
+            pull.sandbox_config.metadata.namespace = pod.namespace
+            pull.sandbox_config.metadata.uid = pod.uid
+            pull.sandbox_config.annotations.update(pod.annotations)
+            pull.sandbox_config.labels.update(pod.labels)
         deadline = _real_deadline(request.deadline)
         if deadline is None:
             timeout, bound = self.options.pull_timeout, "pull_timeout"

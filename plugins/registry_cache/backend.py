@@ -55,6 +55,7 @@ from crishim.registry.puller import (
     Plan,
     Progress,
     Puller,
+    admit,
     check_names,
     pull_request,
 )
@@ -254,7 +255,7 @@ class RegistryCacheBackend(IndexedBackend):
 
     def _pull(self, ref: Reference, request: PullRequest, deadline: Deadline) -> ImageRecord:
         session = self.client.session(ref, request.auth, deadline)
-        return self._store(session, ref, request.progress)
+        return self._store(session, ref, request.progress, request)
 
     def import_image(self, request: ImportRequest) -> ImageRecord:
         ref = request.ref
@@ -268,11 +269,19 @@ class RegistryCacheBackend(IndexedBackend):
                 reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
                 raise BackendError(self.name, f"import {ref}: store {self.root}: {reason}") from exc
 
-    def _store(self, source: ImageSource, ref: Reference, progress: Progress | None) -> ImageRecord:
-        """Fetch what ``source`` holds for ``ref`` into the store and name it."""
+    def _store(
+        self,
+        source: ImageSource,
+        ref: Reference,
+        progress: Progress | None,
+        request: PullRequest | None = None,
+    ) -> ImageRecord:
+        """Fetch what ``source`` holds for ``ref`` into the store and name it
+        (``request``: the pull's, whose image policies judge the plan first)."""
         deadline = source.deadline
         plan = self.puller.plan(source, ref)
         check_names(ref, plan)
+        admit(request, ref, plan, source)
         for _ in range(COMMIT_ATTEMPTS):
             self.puller.fetch(source, plan, self.store, progress)
             record = self._commit(ref, plan, deadline)
