@@ -436,9 +436,11 @@ class Catalog:
         """Usage per image filesystem, summed over backends that share one (see filesystems)."""
         return self.filesystems()[0]
 
-    def pulling_backend(self) -> str:
-        """The name of the backend PullImage goes to ("" when none pulls)."""
-        return next((h.name for h in self.backends if isinstance(h.backend, Puller)), "")
+    def pulling_backend(self, handler: str = "") -> str:
+        """The name of the backend PullImage goes to for ``handler`` ("" when none
+        pulls); an unknown handler is INVALID_ARGUMENT, as for the pull itself."""
+        route = self.route(handler)
+        return next((h.name for h in route.backends if isinstance(h.backend, Puller)), "")
 
     def pull_image(self, request: PullRequest) -> Answer:
         """Pull through the first backend that can; answer as ImageStatus would.

@@ -499,7 +499,8 @@ def images_command(config_path: str, quiet: bool, debug: bool) -> None:
     "config_path",
     default=None,
     type=click.Path(dir_okay=False),
-    help="The server's config (to find its status socket).",
+    help="The server's config, to find its status socket (default: $CRISHIM_CONFIG, else "
+    "/etc/crishim/config.yaml when it exists).",
 )
 @click.option(
     "--socket",
@@ -529,11 +530,16 @@ def pulls_command(
     Reads the server's status endpoint (server.status_listen), not the CRI
     socket; what a person needs while a node waits for a big image.
     """
-    import time
+    import signal
+    import threading
 
     import httpx
 
     if socket_path is None:
+        # the config other commands read ($CRISHIM_CONFIG, else the node's),
+        # when there is one; else the default socket's neighbour
+        if config_path is None and Path(default_config_path()).is_file():
+            config_path = default_config_path()
         if config_path is not None:
             socket_path = _load(config_path).status_socket_path
         else:
@@ -542,35 +548,39 @@ def pulls_command(
             socket_path = Path(DEFAULT_LISTEN.removeprefix("unix://")).parent / STATUS_SOCKET_NAME
     if socket_path is None:
         _fail("the config turns the status endpoint off (server.status_listen: '')", EXIT_CONFIG)
+    # one connection pool for every refresh of --watch
+    client = httpx.Client(transport=httpx.HTTPTransport(uds=str(socket_path)), timeout=5)
 
     def fetch() -> dict[str, Any]:
-        transport = httpx.HTTPTransport(uds=str(socket_path))
         try:
-            with httpx.Client(transport=transport, timeout=5) as client:
-                response = client.get("http://crishim/pulls")
-                response.raise_for_status()
-                data: dict[str, Any] = response.json()
-                return data
+            response = client.get("http://crishim/pulls")
+            response.raise_for_status()
+            data: dict[str, Any] = response.json()
+            return data
         except (httpx.HTTPError, ValueError) as exc:
+            client.close()
             _fail(f"cannot read the status endpoint at {socket_path}: {exc}", EXIT_RUNTIME)
 
-    if as_json:
-        click.echo(json.dumps(fetch(), indent=2, sort_keys=True))
-        return
-    if not watch:
-        _print_pulls(fetch())
+    if as_json or not watch:
+        status = fetch()
+        client.close()
+        if as_json:
+            click.echo(json.dumps(status, indent=2, sort_keys=True))
+        else:
+            _print_pulls(status)
         return
     from rich.console import Console
     from rich.live import Live
 
+    # Ctrl-C (SIGINT) and SIGTERM end the display between two refreshes, never
+    # inside rich's start or stop: the terminal is left as it was found
+    stopping = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda signum, frame: stopping.set())
     console = Console()
-    with Live(_pulls_view(fetch()), console=console, refresh_per_second=4) as live:
-        try:
-            while True:
-                time.sleep(interval)
-                live.update(_pulls_view(fetch()))
-        except KeyboardInterrupt:
-            pass
+    with client, Live(_pulls_view(fetch()), console=console, refresh_per_second=4) as live:
+        while not stopping.wait(interval):
+            live.update(_pulls_view(fetch()))
 
 
 def _print_pulls(status: dict[str, Any]) -> None:

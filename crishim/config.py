@@ -139,8 +139,8 @@ class ServerSettings(_Model):
     #: Pulls that may wait for a slot (first in, first out per registry,
     #: registries in turn); one more is refused with RESOURCE_EXHAUSTED.
     max_queued_pulls: int = Field(default=64, ge=0, le=1024)
-    #: A pull running longer than this many seconds is logged once, at INFO,
-    #: with its progress.
+    #: A pull queued or running longer than this many seconds is logged
+    #: once, at INFO, with its progress.
     slow_pull_seconds: float = Field(default=60.0, gt=0)
     #: The status endpoint (``GET /pulls``, read by ``crishim pulls``):
     #: ``unix:///path`` (relative: to the config file); unset: beside the CRI

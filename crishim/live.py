@@ -124,8 +124,8 @@ class LiveCatalog:
             lambda a: f"pulled {_short(a.record.id)}, answered by {a.backend}",
         )
 
-    def pulling_backend(self) -> str:
-        return self._current.catalog.pulling_backend()
+    def pulling_backend(self, handler: str = "") -> str:
+        return self._current.catalog.pulling_backend(handler)
 
     def filesystems(self) -> tuple[list[FilesystemUsage], list[FilesystemUsage]]:
         return self._run(

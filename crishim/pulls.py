@@ -208,16 +208,18 @@ class PullBoard:
                 self._admit(state)
             elif self._count >= self.queued:
                 raise TooLarge(
-                    f"cannot pull {ref}: {self.running} pulls are running and {self._count} "
-                    f"are queued (server.max_concurrent_pulls, server.max_queued_pulls); "
-                    "retry later"
+                    f"cannot pull {ref}: the pull queue is full, {len(self._active)} running "
+                    f"(server.max_concurrent_pulls: {self.running}) and {self._count} waiting "
+                    f"(server.max_queued_pulls: {self.queued}); retry later"
                 )
             else:
                 self._waiting.setdefault(state.registry, deque()).append(state)
                 self._count += 1
             self._pulls[state.id] = state
+            # the queue's length with this pull in it, as it was when it joined
+            queue = self._count
         if state.admitted is None:
-            state.span.add_event("crishim.pull.queued", {"crishim.pull.queue": self._count})
+            state.span.add_event("crishim.pull.queued", {"crishim.pull.queue": queue})
         return state
 
     def _admit(self, state: PullState) -> None:
@@ -241,18 +243,25 @@ class PullBoard:
     def wait(self, state: PullState, gone: Callable[[], bool], poll: float = 0.2) -> bool:
         """Wait until the pull is admitted (True) or ``gone()`` says its caller left (False,
         and the pull has left the queue)."""
-        with self._cond:
-            while state.admitted is None:
-                if gone():
+        while True:
+            with self._cond:
+                if state.admitted is None and gone():
                     self._drop(state)
                     return False
-                self._cond.wait(poll)
+                if state.admitted is None:
+                    self._cond.wait(poll)
+                if state.admitted is not None:
+                    break
+            # a pull is slow for its caller whether it waits or runs
+            self.check_slow(state)
         state.span.add_event(
             "crishim.pull.admitted", {"crishim.pull.queued_for": state.admitted - state.started}
         )
         return True
 
     def _drop(self, state: PullState) -> None:
+        """Take a queued pull out of the queue and off the board; lock held."""
+        self._pulls.pop(state.id, None)
         waiting = self._waiting.get(state.registry)
         if waiting is not None and state in waiting:
             waiting.remove(state)
@@ -261,10 +270,14 @@ class PullBoard:
                 del self._waiting[state.registry]
 
     def leave(self, state: PullState) -> None:
-        """The pull's slot (or queue place) is free; it is gone from the board. Idempotent."""
+        """The pull's slot (or queue place) is free; it is gone from the board. Idempotent.
+
+        Gone at once, with its slot: the board never lists more pulls running
+        than it admits, though the call itself answers a moment later."""
         with self._cond:
             if state.id in self._active:
                 self._active.discard(state.id)
+                self._pulls.pop(state.id, None)
                 self._next()
             else:
                 self._drop(state)
@@ -272,8 +285,6 @@ class PullBoard:
     def finish(self, state: PullState, outcome: str) -> None:
         """The call ended (``ok`` or a status name): leave, and record what it did."""
         self.leave(state)
-        with self._cond:
-            self._pulls.pop(state.id, None)
         attributes = {"crishim.backend": state.backend, "crishim.pull.outcome": outcome}
         if self._duration is not None:
             self._duration.record(state.elapsed, attributes)
@@ -299,13 +310,14 @@ class PullBoard:
     # -- what the status endpoint serves -----------------------------------
 
     def snapshot(self) -> dict[str, Any]:
+        # the pulls' pictures are taken with the counts, under the lock, so what
+        # one reader sees agrees with itself (a pull admitted meanwhile is not
+        # both counted queued and shown resolving)
         with self._cond:
-            pulls = list(self._pulls.values())
-            running, queued = len(self._active), self._count
-        return {
-            "running": running,
-            "queued": queued,
-            "max_running": self.running,
-            "max_queued": self.queued,
-            "pulls": [p.snapshot() for p in sorted(pulls, key=lambda p: p.id)],
-        }
+            return {
+                "running": len(self._active),
+                "queued": self._count,
+                "max_running": self.running,
+                "max_queued": self.queued,
+                "pulls": [p.snapshot() for p in sorted(self._pulls.values(), key=lambda p: p.id)],
+            }

@@ -285,7 +285,7 @@ class CatalogCalls(Protocol):
 
     def pull_image(self, request: PullRequest) -> Answer: ...
 
-    def pulling_backend(self) -> str: ...
+    def pulling_backend(self, handler: str = "") -> str: ...
 
     def filesystems(self) -> tuple[list[FilesystemUsage], list[FilesystemUsage]]: ...
 
@@ -420,7 +420,7 @@ class ImageService(api_pb2_grpc.ImageServiceServicer):
             user_specified_image=_echoed(request.image),
             pod=_pod(request),
         )
-        state = self.board.enter(ref, self.catalog.pulling_backend())
+        state = self.board.enter(ref, self.catalog.pulling_backend(pull.runtime_handler))
         outcome = "error"
         try:
             gone = _gone(context, pull.deadline)

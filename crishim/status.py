@@ -10,6 +10,8 @@ The socket is created with the CRI socket's mode.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import logging
 import os
@@ -22,8 +24,8 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-#: The socket's file name when ``server.status_listen`` is not set: beside the CRI socket.
-DEFAULT_NAME = "crishim-status.sock"
+#: Seconds a connection may stay silent before the endpoint drops it.
+READ_TIMEOUT = 10.0
 
 
 class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
@@ -39,11 +41,15 @@ class StatusEndpoint:
         self.mode = mode
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
+        self._inode: int | None = None
 
     def start(self) -> None:
         pages = self.pages
 
         class Handler(BaseHTTPRequestHandler):
+            # a client that connects and sends nothing gives its thread back
+            timeout = READ_TIMEOUT
+
             def log_message(self, format: str, *args: Any) -> None:
                 pass
 
@@ -60,14 +66,21 @@ class StatusEndpoint:
                 self.end_headers()
                 self.wfile.write(body)
 
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o750)
-        self.path.unlink(missing_ok=True)
+        # the CRI socket's rules: a stale socket is replaced, a live one (another
+        # server's) or a file that is not a socket never
+        from crishim.server import SocketError, prepare_socket_path
+
+        try:
+            prepare_socket_path(self.path)
+        except SocketError as exc:
+            raise OSError(errno.EEXIST, str(exc)) from exc
         previous = os.umask(0o777 & ~self.mode)
         try:
             self._server = _Server(str(self.path), Handler)
         finally:
             os.umask(previous)
         os.chmod(self.path, self.mode)
+        self._inode = self.path.stat().st_ino
         self._thread = threading.Thread(
             target=self._server.serve_forever, name="crishim-status", daemon=True
         )
@@ -80,4 +93,7 @@ class StatusEndpoint:
         self._server.shutdown()
         self._server.server_close()
         self._server = None
-        self.path.unlink(missing_ok=True)
+        # only the socket this made: a successor may own the path by now
+        with contextlib.suppress(FileNotFoundError):
+            if self.path.stat().st_ino == self._inode:
+                self.path.unlink()

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+import http.client
 import json
 import os
-from collections.abc import Mapping
+import socket
+import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import grpc
 import pytest
@@ -91,6 +94,70 @@ def pull_error(
     with pytest.raises(grpc.RpcError) as info:
         pull(shim, ref, auth=auth, timeout=timeout)
     return info.value
+
+
+def pull_future(
+    shim: RunningShim, ref: str, *, timeout: float = 60, runtime_handler: str = ""
+) -> grpc.Future:
+    """A PullImage call in flight (``.result()`` to wait, ``.cancel()`` to give up)."""
+    spec = api_pb2.ImageSpec(image=ref, runtime_handler=runtime_handler)
+    request = api_pb2.PullImageRequest(image=spec)
+    return shim.images.PullImage.future(request, timeout=timeout)
+
+
+# -- the status endpoint (GET /pulls) ----------------------------------------------------
+
+T = TypeVar("T")
+
+
+class _UnixHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, path: Path, timeout: float) -> None:
+        super().__init__("crishim", timeout=timeout)
+        self.socket_path = str(path)
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        try:
+            sock.connect(self.socket_path)
+        except BaseException:
+            sock.close()
+            raise
+        self.sock = sock
+
+
+def get_status(path: Path, page: str = "/pulls") -> tuple[int, Any]:
+    """(HTTP status, parsed JSON body) of ``GET page`` on the status socket ``path``."""
+    connection = _UnixHTTPConnection(path, timeout=10)
+    try:
+        connection.request("GET", page)
+        response = connection.getresponse()
+        return response.status, json.loads(response.read())
+    finally:
+        connection.close()
+
+
+def board(shim: RunningShim) -> dict[str, Any]:
+    """The server's pulls, as its status endpoint serves them."""
+    assert shim.server.status is not None, "the server runs no status endpoint"
+    code, body = get_status(shim.server.status.path)
+    assert code == 200, body
+    return cast(dict[str, Any], body)
+
+
+def wait_until(probe: Callable[[], T | None], what: str, timeout: float = 15) -> T:
+    """Ask ``probe`` every few milliseconds until it answers something truthy; return it.
+
+    Fails naming ``what`` when ``timeout`` seconds pass first (a bound, not a measurement).
+    """
+    end = time.monotonic() + timeout
+    while True:
+        value = probe()
+        if value:
+            return value
+        if time.monotonic() > end:
+            pytest.fail(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.01)
 
 
 # -- checking a store ---------------------------------------------------------------

@@ -10,7 +10,11 @@ back, and tests turn knobs on it:
 * ``break_after``: path suffix -> bytes; that blob's body is cut there and
   the connection dropped (once: the entry is removed when it fires);
 * ``stall_after``: path suffix -> bytes; that blob's body stops there and
-  nothing more is sent until the client gives up (once).
+  nothing more is sent until the client gives up (once);
+* ``hold``: path suffix (``"*"``: every blob) -> bytes; that blob's body
+  pauses there, on every GET, until ``released`` is set (``reset`` sets it,
+  and a hold gives up after 30 s): a pull caught mid-blob for as long as a
+  test needs, then let go.
 
 It records GET counts per path, the Range headers it was sent, and how many
 responses are in flight.
@@ -39,6 +43,11 @@ class TamperingProxy:
     override: dict[str, tuple[int, dict[str, str], bytes]] = field(default_factory=dict)
     break_after: dict[str, int] = field(default_factory=dict)
     stall_after: dict[str, int] = field(default_factory=dict)
+    hold: dict[str, int] = field(default_factory=dict)
+    #: Set: nothing is held (the default); cleared: bodies in ``hold`` pause.
+    released: threading.Event = field(default_factory=threading.Event)
+    #: Blob bodies paused by ``hold`` right now.
+    holding: int = 0
     #: (path, Range header) of every GET that carried one.
     ranges: list[tuple[str, str]] = field(default_factory=list)
     counts: Counter[str] = field(default_factory=Counter)
@@ -64,8 +73,13 @@ class TamperingProxy:
     def url(self) -> str:
         return f"http://{self.host}"
 
+    def __post_init__(self) -> None:
+        self.released.set()
+
     def reset(self) -> None:
+        self.released.set()
         with self._cond:
+            self.hold.clear()
             self.tamper.clear()
             self.rate = None
             self.override.clear()
@@ -85,6 +99,11 @@ class TamperingProxy:
     def active(self) -> int:
         with self._cond:
             return self._active
+
+    def wait_holding(self, count: int, timeout: float) -> bool:
+        """True once ``count`` blob bodies are paused by ``hold`` (bounded by ``timeout``)."""
+        with self._cond:
+            return self._cond.wait_for(lambda: self.holding >= count, timeout=timeout)
 
     def wait_idle(self, timeout: float) -> bool:
         """True once no response is in flight (bounded by ``timeout``)."""
@@ -175,6 +194,8 @@ class TamperingProxy:
                         key = proxy._match(proxy.stall_after, path) if is_blob else None
                         if key is not None:
                             stall = proxy.stall_after.pop(key)
+                        key = proxy._match(proxy.hold, path) if is_blob else None
+                        hold_at = proxy.hold.get(key or "*") if is_blob else None
                     if is_blob:
                         proxy.blob_started.set()
                     pending = body_prefix
@@ -187,6 +208,16 @@ class TamperingProxy:
                         if flip:
                             chunk = bytes([chunk[0] ^ 0x01]) + chunk[1:]
                             flip = False
+                        if hold_at is not None and sent + len(chunk) >= hold_at:
+                            head = hold_at - sent
+                            hold_at = None
+                            self._send(chunk[:head], path)
+                            self.wfile.flush()
+                            self._pause()
+                            sent += head
+                            chunk = chunk[head:]
+                            if not chunk:
+                                continue
                         limit = cut if cut is not None else stall
                         if limit is not None and sent + len(chunk) >= limit:
                             self._send(chunk[: limit - sent], path)
@@ -202,6 +233,17 @@ class TamperingProxy:
                         self._send(chunk, path if is_blob else None)
                 finally:
                     upstream.close()
+
+            def _pause(self) -> None:
+                with proxy._cond:
+                    proxy.holding += 1
+                    proxy._cond.notify_all()
+                try:
+                    proxy.released.wait(30)
+                finally:
+                    with proxy._cond:
+                        proxy.holding -= 1
+                        proxy._cond.notify_all()
 
             def _send(self, chunk: bytes, blob_path: str | None) -> None:
                 rate = proxy.rate if blob_path is not None else None
