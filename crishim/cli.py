@@ -136,6 +136,7 @@ def check_config_command(config_path: str | None) -> None:
     $CRISHIM_CONFIG, else /etc/crishim/config.yaml.
     """
     path = config_path or default_config_path()
+    _quiet_plugin_loading()
     try:
         settings, app = check_config(path)
         plugins = app.plugins()
@@ -236,6 +237,7 @@ def health_command(config_path: str, listen: str | None, timeout: float) -> None
 @main.command("plugins")
 def list_plugins() -> None:
     """List the plugins installed and the types they offer, with package and version."""
+    _quiet_plugin_loading()
     try:
         pm = load_plugins()
         kinds: dict[str, Mapping[str, BackendType | FilterType | PullPolicyType]] = {
@@ -252,6 +254,12 @@ def list_plugins() -> None:
             origin = f"{kind.package} {kind.version}".strip() or "unknown package"
             described = f" - {kind.description}" if kind.description else ""
             click.echo(f"  {name}: {origin}{described}")
+
+
+def _quiet_plugin_loading() -> None:
+    """The listing says which plugins failed (and a config error names the one
+    it needs): no log line repeating it on stderr."""
+    logging.getLogger("crishim.manager").setLevel(logging.CRITICAL)
 
 
 def _echo_plugins(infos: Sequence[PluginInfo]) -> None:
@@ -446,10 +454,20 @@ def import_command(
 @main.command("images")
 @_config_option
 @click.option("--quiet", "-q", is_flag=True, help="Print image IDs only.")
-def images_command(config_path: str, quiet: bool) -> None:
-    """List the images the configured backends hold, without a server."""
+@click.option(
+    "--debug",
+    is_flag=True,
+    help="Log at debug level (as logging.level: debug does): e.g. which filter hides an image.",
+)
+def images_command(config_path: str, quiet: bool, debug: bool) -> None:
+    """List the images the configured backends hold, without a server.
+
+    Images a filter hides are not listed; with --debug (or logging.level:
+    debug) the log on stderr names each one, the filter and the reason.
+    """
     settings = _load(config_path)
-    logs.configure("warning", settings.logging.format)
+    debug = debug or settings.logging.level == "debug"
+    logs.configure("debug" if debug else "warning", settings.logging.format)
     app = make_application(settings)
     catalog = _catalog(app)
     try:

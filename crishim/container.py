@@ -64,12 +64,15 @@ def _configured(
     types: Mapping[str, _Kind],
     problems: list[tuple[str, str]],
     validate: Callable[[int, _Kind], Any] | None = None,
+    hint: Callable[[str], str] | None = None,
 ) -> Iterator[tuple[_Entry, _Kind, Any]]:
     """(entry, its type, its validated options) for each enabled entry of a section.
 
     An entry naming no installed type, or with invalid options, adds to
     ``problems`` and is skipped, so one pass reports every entry's problems.
-    ``validate(i, type)`` replaces the config's own option check.
+    ``validate(i, type)`` replaces the config's own option check;
+    ``hint(type_name)`` says which plugin left out may offer an unknown type
+    (:meth:`crishim.manager.PluginManager.missing_type_hint`).
     """
     for i, entry in enumerate(entries):
         if not entry.enabled:
@@ -77,10 +80,12 @@ def _configured(
         kind = types.get(entry.type)
         if kind is None:
             known = ", ".join(sorted(types)) or "none"
+            why = hint(entry.type) if hint is not None else ""
             problems.append(
                 (
                     f"{section}[{i}].type",
-                    f"unknown {_WHAT[section]} type {entry.type!r} (installed: {known})",
+                    f"unknown {_WHAT[section]} type {entry.type!r} (installed: {known})"
+                    + (f"; {why}" if why else ""),
                 )
             )
             continue
@@ -106,7 +111,7 @@ def build_backends(
     handles: list[BackendHandle] = []
     problems: list[tuple[str, str]] = config_mod.handler_platform_problems(settings)
     for entry, backend_type, options in _configured(
-        settings, "backends", settings.backends, types, problems
+        settings, "backends", settings.backends, types, problems, hint=plugins.missing_type_hint
     ):
         context = BackendContext(
             name=entry.name,
@@ -172,7 +177,13 @@ def build_filters(settings: Settings, plugins: PluginManager) -> list[FilterHand
             ) from None
 
     for entry, filter_type, options in _configured(
-        settings, "filters", entries, types, problems, chain_options if default else None
+        settings,
+        "filters",
+        entries,
+        types,
+        problems,
+        chain_options if default else None,
+        hint=plugins.missing_type_hint,
     ):
         context = FilterContext(name=entry.name, config_dir=settings.base_dir)
         handles.append(FilterHandle(entry.name, entry.type, filter_type.factory(context, options)))
@@ -192,7 +203,12 @@ def build_policies(
     handles: list[PolicyHandle] = []
     problems: list[tuple[str, str]] = []
     for entry, policy_type, options in _configured(
-        settings, "pull_policies", settings.pull_policies, types, problems
+        settings,
+        "pull_policies",
+        settings.pull_policies,
+        types,
+        problems,
+        hint=plugins.missing_type_hint,
     ):
         context = PolicyContext(
             name=entry.name,

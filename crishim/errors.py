@@ -3,14 +3,54 @@
 Everything below :mod:`crishim.service` speaks in these exceptions; the
 service layer is the one place that turns them into gRPC status codes.
 Messages must be safe to show to a client: never credentials, never URL
-query strings.
+query strings. A backend raises one to *mean* an answer (the status in
+parentheses after each class); any other exception from a backend is a
+fault: logged with the backend's name, it costs only that backend's answer
+(lookups, lists, usage) or fails the call with INTERNAL (removals, pulls).
+Every class takes one argument, the message, except :class:`BackendError`,
+which takes the backend's name first.
+
+Example::
+
+    from crishim.errors import BackendError, ReadOnly, Unavailable
+
+
+    class MyBackend(IndexedBackend):
+        def start(self):
+            if not self.root.is_dir():  # stops start-up with this message
+                raise BackendError(self.name, f"{self.root} does not exist")
+
+        def remove_image(self, record):  # FAILED_PRECONDITION to the client
+            raise ReadOnly(f"backend {self.name!r} is read-only")
+
+        def pull_image(self, request):  # UNAVAILABLE: kubelet retries
+            raise Unavailable(f"registry {request.ref.domain} is unreachable")
 """
 
 from __future__ import annotations
 
+__all__ = [
+    "AmbiguousReference",
+    "BackendError",
+    "Cancelled",
+    "CrishimError",
+    "DataLoss",
+    "DeadlineExceeded",
+    "ImageNotFound",
+    "InvalidReference",
+    "InvalidRequest",
+    "NotSupported",
+    "PermissionDenied",
+    "PreconditionFailed",
+    "ReadOnly",
+    "TooLarge",
+    "Unauthenticated",
+    "Unavailable",
+]
+
 
 class CrishimError(Exception):
-    """Base class of every error crishim reports to a client."""
+    """Base class of every error crishim reports to a client; raised itself (UNKNOWN)."""
 
 
 class InvalidReference(CrishimError):
@@ -48,7 +88,11 @@ class ReadOnly(CrishimError):
 class BackendError(CrishimError):
     """A backend failed while answering (INTERNAL).
 
-    ``backend`` names the configured instance so operators can find it.
+    ``BackendError(backend, message)``: unlike the other errors it takes the
+    configured instance's name first (``self.name`` in an
+    :class:`~crishim.types.IndexedBackend`), kept as ``.backend``, and its
+    message reads ``backend 'NAME': MESSAGE``. Raised from ``start`` it
+    stops start-up with that message.
     """
 
     def __init__(self, backend: str, message: str) -> None:

@@ -18,6 +18,9 @@ from crishim.types import BackendType, FilterType, PullPolicyType
 PROJECT = "crishim"
 
 _hookspec = pluggy.HookspecMarker(PROJECT)
+#: The decorator of hook implementations (``from crishim import hookimpl``):
+#: a function named after a hook of this module, decorated with it, is that
+#: hook's implementation; a misspelt name is reported and its plugin left out.
 hookimpl = pluggy.HookimplMarker(PROJECT)
 
 
@@ -38,9 +41,9 @@ def crishim_backend_types() -> Iterable[BackendType]:  # type: ignore[empty-body
         def crishim_backend_types():
             return [
                 BackendType(
-                    name="json-catalog",
-                    factory=JsonCatalog,
-                    options_model=JsonCatalogOptions,
+                    name="json-images",
+                    factory=JsonImages,
+                    options_model=JsonImagesOptions,
                 )
             ]
     """

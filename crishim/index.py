@@ -16,9 +16,32 @@ from dataclasses import replace
 from crishim.model import ImageRecord
 from crishim.reference import Reference, RefKind
 
+__all__ = ["ImageIndex", "merge_records"]
+
 
 class ImageIndex:
-    """Images by ID, by ``name:tag``, by ``name@digest`` and by ID prefix."""
+    """Images by ID, by ``name:tag``, by ``name@digest`` and by ID prefix.
+
+    Built from records in one go (two records with one ID become one, with
+    the names of both) and never changed: a backend builds a new one and
+    hands it to ``IndexedBackend.publish``. Iterating gives each image once.
+
+    Example::
+
+        >>> from crishim.model import ImageRecord
+        >>> from crishim.reference import parse
+        >>> image_id = "sha256:" + "ab" * 32
+        >>> index = ImageIndex(
+        ...     [
+        ...         ImageRecord(id=image_id, repo_tags=("docker.io/library/busybox:1.36",)),
+        ...         ImageRecord(id=image_id, repo_tags=("docker.io/library/busybox:latest",)),
+        ...     ]
+        ... )
+        >>> len(index), index.get(parse("busybox")).repo_tags
+        (1, ('docker.io/library/busybox:1.36', 'docker.io/library/busybox:latest'))
+        >>> index.match_id_prefix("abab") == [image_id]
+        True
+    """
 
     __slots__ = ("_by_digest", "_by_id", "_by_tag", "_sorted_ids")
 
@@ -63,7 +86,7 @@ class ImageIndex:
         return iter(self._by_id.values())
 
     def get(self, ref: Reference) -> ImageRecord | None:
-        """The image a reference names, or None. ID prefixes are not resolved here."""
+        """The image a NAME or ID reference names, or None. ID prefixes are not resolved here."""
         kind = ref.kind
         if kind is RefKind.NAME:
             if ref.digest:
@@ -74,6 +97,7 @@ class ImageIndex:
         return None
 
     def by_id(self, image_id: str) -> ImageRecord | None:
+        """The image of this full ID (``sha256:<hex>``), or None."""
         return self._by_id.get(image_id)
 
     def match_id_prefix(self, prefix: str, limit: int = 2) -> list[str]:
@@ -89,7 +113,17 @@ class ImageIndex:
 
 
 def merge_records(first: ImageRecord, other: ImageRecord) -> ImageRecord:
-    """One image known twice: keep ``first``'s facts, take the names of both."""
+    """One image known twice: keep ``first``'s facts, take the names of both.
+
+    Example::
+
+        >>> from crishim.model import ImageRecord
+        >>> a = ImageRecord(id="sha256:" + "ab" * 32, repo_tags=("example.com/a:1",), size=10)
+        >>> b = ImageRecord(id=a.id, repo_tags=("example.com/a:2",), size=99)
+        >>> merged = merge_records(a, b)
+        >>> merged.repo_tags, merged.size
+        (('example.com/a:1', 'example.com/a:2'), 10)
+    """
     tags = _union(first.repo_tags, other.repo_tags)
     digests = _union(first.repo_digests, other.repo_digests)
     if tags == first.repo_tags and digests == first.repo_digests:

@@ -13,6 +13,15 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
+__all__ = [
+    "NO_ANNOTATIONS",
+    "FilesystemUsage",
+    "ImageRecord",
+    "Platform",
+    "host_platform",
+    "split_user",
+]
+
 _EMPTY: Mapping[str, str] = MappingProxyType({})
 #: The shared empty annotations mapping (one object for every record without any).
 NO_ANNOTATIONS = _EMPTY
@@ -20,7 +29,21 @@ NO_ANNOTATIONS = _EMPTY
 
 @dataclass(frozen=True, slots=True)
 class Platform:
-    """An OCI platform: what an image index is resolved to."""
+    """An OCI platform: what an image index is resolved to.
+
+    ``BackendContext.platform`` is the configured one (``platform`` in the
+    config, else :func:`host_platform`).
+
+    Example::
+
+        >>> platform = Platform("linux", "arm64", "v8")
+        >>> str(platform)
+        'linux/arm64/v8'
+        >>> platform.matches("linux", "arm64")  # a descriptor without a variant fits
+        True
+        >>> platform.matches("linux", "amd64")
+        False
+    """
 
     os: str
     architecture: str
@@ -63,7 +86,13 @@ _MACHINE_TO_OCI: dict[str, tuple[str, str]] = {
 
 
 def host_platform() -> Platform:
-    """The platform of the machine crishim runs on, in OCI terms."""
+    """The platform of the machine crishim runs on, in OCI terms.
+
+    Example::
+
+        >>> host_platform().os
+        'linux'
+    """
     machine = _platform.machine().lower()
     arch, variant = _MACHINE_TO_OCI.get(machine, (machine, ""))
     return Platform(os=_platform.system().lower() or "linux", architecture=arch, variant=variant)
@@ -74,7 +103,17 @@ def split_user(user: str) -> tuple[int | None, str]:
 
     Only the part before ``:`` counts (the group is not reported). A numeric
     user gives a uid and an empty username; anything else gives a username
-    and no uid; an empty user gives neither.
+    and no uid; an empty user gives neither. ``ImageRecord.uid`` and
+    ``ImageRecord.username`` come from here: a backend sets ``user`` only.
+
+    Example::
+
+        >>> split_user("1000:1000")
+        (1000, '')
+        >>> split_user("www-data:33")
+        (None, 'www-data')
+        >>> split_user("")
+        (None, '')
     """
     name = user.split(":", 1)[0]
     if not name:
@@ -92,7 +131,28 @@ class ImageRecord:
     normalised ``name:tag`` strings and ``repo_digests`` normalised
     ``name@digest`` strings (the digest a name was published with: the
     manifest's, or the index's for a multi-platform image). ``size`` is the
-    compressed size of the platform manifest, its config and its layers.
+    compressed size of the platform manifest, its config and its layers
+    (the CRI's ``Image.size``; a backend with another rule documents it,
+    and the contract kit checks the documented value). ``config`` defaults
+    to empty: a record without config is answered with no ``imageSpec``
+    in verbose info, and the embedded-filter's ``require_config`` hides
+    it. Records are immutable and hashable by value; ``cache`` is crishim's.
+
+    Example::
+
+        >>> import hashlib, json
+        >>> config = json.dumps({"config": {"User": "1000:1000"}}).encode()
+        >>> record = ImageRecord(
+        ...     id="sha256:" + hashlib.sha256(config).hexdigest(),
+        ...     repo_tags=("docker.io/library/busybox:1.36",),
+        ...     size=2_220_000,
+        ...     user="1000:1000",
+        ...     config=config,
+        ... )
+        >>> record.uid, record.username
+        (1000, '')
+        >>> record.image_spec["config"]["User"]
+        '1000:1000'
     """
 
     id: str
@@ -143,20 +203,45 @@ class ImageRecord:
 
     @property
     def uid(self) -> int | None:
+        """The CRI ``uid``: the ``User`` when numeric (group dropped), else None."""
         return split_user(self.user)[0]
 
     @property
     def username(self) -> str:
+        """The CRI ``username``: the ``User`` when not numeric (group dropped), else empty."""
         return split_user(self.user)[1]
 
 
 @dataclass(frozen=True, slots=True)
 class FilesystemUsage:
-    """What a backend's store occupies on one filesystem."""
+    """What a backend's store occupies on one filesystem (ImageFsInfo).
 
+    Backends sharing a mountpoint are summed. Keep a running figure (or
+    one measured off the call path) rather than walking the store per
+    call; the contract kit checks that ``timestamp_ns`` is a
+    ``time.time_ns()`` value of the last hour.
+
+    Example::
+
+        import time
+
+        from crishim.oci.layout import mountpoint_of
+
+        usage = FilesystemUsage(
+            mountpoint=mountpoint_of(store),
+            used_bytes=total_bytes,
+            inodes_used=file_count,
+            timestamp_ns=time.time_ns(),
+        )
+    """
+
+    #: The mountpoint of the filesystem (kubelet's image filesystem).
     mountpoint: str
+    #: Bytes the store occupies there (allocated blocks).
     used_bytes: int
+    #: Inodes the store occupies there.
     inodes_used: int
+    #: When this was measured: ``time.time_ns()`` (nanoseconds since the epoch).
     timestamp_ns: int
     #: True for a filesystem where the runtime keeps containers (ImageFsInfo's
     #: ``container_filesystems``, a split image filesystem), not images.

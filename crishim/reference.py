@@ -107,11 +107,30 @@ class ReferenceError(ValueError):
 
     ``str(e)`` says what is wrong, for example
     ``invalid reference "library/Busybox": repository name must be lowercase``.
+    A ``ValueError``; the service answers it with INVALID_ARGUMENT.
+
+    Example::
+
+        >>> try:
+        ...     parse("library/Busybox")
+        ... except ReferenceError as exc:
+        ...     print(exc)
+        invalid reference "library/Busybox": repository name must be lowercase
     """
 
 
 class RefKind(enum.Enum):
-    """What a reference designates."""
+    """What a reference designates.
+
+    Example::
+
+        >>> parse("busybox:1.36").kind
+        <RefKind.NAME: 'name'>
+        >>> parse("sha256:" + "a" * 64).kind
+        <RefKind.ID: 'id'>
+        >>> parse("a" * 12).kind
+        <RefKind.ID_PREFIX: 'id-prefix'>
+    """
 
     ID = "id"
     """A full image ID: the digest of the image config."""
@@ -132,6 +151,22 @@ class Reference:
     * ``ID``: ``digest`` holds the full ID, e.g. ``sha256:<64 hex>``.
     * ``ID_PREFIX``: ``id_prefix`` holds lowercase hex without ``sha256:``, and
       ``also_name`` the NAME reading of the same text when it is a valid name.
+
+    Backends receive one in ``get_image`` (NAME or ID; crishim resolves ID
+    prefixes through ``match_id_prefix``) and in ``PullRequest.ref``.
+
+    Example::
+
+        >>> ref = parse("busybox")
+        >>> ref.repository, ref.tag, ref.domain, ref.path
+        ('docker.io/library/busybox', 'latest', 'docker.io', 'library/busybox')
+        >>> ref.tagged()
+        'docker.io/library/busybox:latest'
+        >>> parse("localhost:5000/app@sha256:" + "a" * 64).digested()[:26]
+        'localhost:5000/app@sha256:'
+        >>> prefix = parse("deadbeefcafe1234")
+        >>> prefix.id_prefix, prefix.also_name.tagged()
+        ('deadbeefcafe1234', 'docker.io/library/deadbeefcafe1234:latest')
     """
 
     raw: str
@@ -183,7 +218,15 @@ class Reference:
 
 
 def parse(text: str) -> Reference:
-    """Parse an image reference as sent in a CRI request; raise ReferenceError if malformed."""
+    """Parse an image reference as sent in a CRI request; raise ReferenceError if malformed.
+
+    Example::
+
+        >>> str(parse("index.docker.io/library/busybox:1.36"))
+        'docker.io/library/busybox:1.36'
+        >>> parse("example.com/app:1.0").tagged()
+        'example.com/app:1.0'
+    """
     return _parse_cached(text)
 
 
@@ -210,7 +253,14 @@ def normalize_name(text: str) -> str:
 
     ``busybox`` becomes ``docker.io/library/busybox:latest``; a given tag and/or
     digest is kept (``:latest`` is only added when there is neither). An image
-    ID is refused: it is not a name.
+    ID is refused: it is not a name. Raises ReferenceError.
+
+    Example::
+
+        >>> normalize_name("busybox")
+        'docker.io/library/busybox:latest'
+        >>> normalize_name("quay.io/team/tool:2")
+        'quay.io/team/tool:2'
     """
     ref = parse(text)
     if ref.kind is RefKind.NAME:
@@ -221,14 +271,31 @@ def normalize_name(text: str) -> str:
 
 
 def parse_digest(text: str) -> str:
-    """Check a digest (``algorithm:encoded``) and return it unchanged; raise ReferenceError."""
+    """Check a digest (``algorithm:encoded``) and return it unchanged; raise ReferenceError.
+
+    Example::
+
+        >>> parse_digest("sha256:" + "0" * 64) == "sha256:" + "0" * 64
+        True
+        >>> try:
+        ...     parse_digest("sha256:abc")
+        ... except ReferenceError as exc:
+        ...     print(exc)
+        invalid digest "sha256:abc": a sha256 digest has 64 hex characters, not 3
+    """
     if _GOOD_DIGEST_RE.fullmatch(text) is not None:
         return text
     raise ReferenceError(_digest_problem(text))
 
 
 def is_valid_digest(text: str) -> bool:
-    """Whether ``text`` is a digest this module accepts (sha256 or sha512, lowercase hex)."""
+    """Whether ``text`` is a digest this module accepts (sha256 or sha512, lowercase hex).
+
+    Example::
+
+        >>> is_valid_digest("sha256:" + "a" * 64), is_valid_digest("sha256:" + "A" * 64)
+        (True, False)
+    """
     return _GOOD_DIGEST_RE.fullmatch(text) is not None
 
 
@@ -238,6 +305,13 @@ def familiar(name: str) -> str:
     Only the ``docker.io`` domain and the ``library/`` of official images are
     dropped; a tag or digest is kept exactly when the input had one. Raises
     ReferenceError for malformed names and for image IDs.
+
+    Example::
+
+        >>> familiar("docker.io/library/busybox:latest")
+        'busybox:latest'
+        >>> familiar("docker.io/team/app")
+        'team/app'
     """
     normalize_name(name)  # validates, and refuses image IDs
     domain, path, tag, digest = _split_name(name)

@@ -14,6 +14,12 @@ Filters are offered the same way (``crishim_filter_types`` returns
 :class:`PullPolicyType` values): a :class:`PullPolicy` gives each pull a
 :class:`Decision` before anything is fetched, an :class:`ImagePolicy` again
 once the pull has resolved what it fetches (:class:`ResolvedImage`).
+
+A backend that pulls also follows :class:`Puller` (and, to load files with
+``crishim import``, :class:`Importer`): the catalog recognises it by its
+``pull_image`` method, asks the first such backend configured, and what
+that backend raises is the pull's answer (docs/plugins.md, "The pulling
+contract").
 """
 
 from __future__ import annotations
@@ -35,16 +41,81 @@ from crishim.reference import Reference
 if TYPE_CHECKING:
     from crishim.registry.puller import ImageSource
 
+__all__ = [
+    "ALLOW",
+    "VISIBLE",
+    "Backend",
+    "BackendContext",
+    "BackendOptions",
+    "BackendType",
+    "Decision",
+    "Filter",
+    "FilterContext",
+    "FilterOptions",
+    "FilterType",
+    "HandlerAware",
+    "ImagePolicy",
+    "ImportRequest",
+    "Importer",
+    "IndexedBackend",
+    "PodContext",
+    "PolicyContext",
+    "PolicyOptions",
+    "PullAuth",
+    "PullPolicy",
+    "PullPolicyType",
+    "PullProgress",
+    "PullRequest",
+    "Puller",
+    "ResolvedImage",
+    "Verdict",
+]
+
 
 class BackendOptions(BaseModel):
-    """Base for a backend type's options; unknown keys are config errors."""
+    """Base for a backend type's options; unknown keys are config errors.
+
+    A pydantic model, frozen: the container validates a configured
+    instance's ``options`` mapping with the type's subclass of it and hands
+    the factory the model. An error names the key:
+    ``backends[0].options.catalog: required key is missing``.
+
+    Example::
+
+        from pydantic import Field
+
+        from crishim.types import BackendOptions
+
+
+        class JsonCatalogOptions(BackendOptions):
+            catalog: str  # required
+            rescan_interval: float = Field(default=2.0, ge=0)
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 @dataclass(frozen=True)
 class BackendContext:
-    """What crishim tells a backend instance about where it runs."""
+    """What crishim tells a backend instance about where it runs.
+
+    The first argument of every backend factory. Tests build one directly
+    to drive a backend without a server.
+
+    Example::
+
+        >>> from pathlib import Path
+        >>> from crishim.model import Platform
+        >>> context = BackendContext(
+        ...     name="catalog", platform=Platform("linux", "amd64"), config_dir=Path("/etc/crishim")
+        ... )
+        >>> context.resolve_path("images.json")
+        PosixPath('/etc/crishim/images.json')
+        >>> context.resolve_path("/srv/images.json")
+        PosixPath('/srv/images.json')
+        >>> context.is_pinned(["docker.io/library/busybox:latest"])
+        False
+    """
 
     #: The instance name from the config file (unique).
     name: str
@@ -83,7 +154,50 @@ class Backend(Protocol):
     Lookups (``get_image``, ``match_id_prefix``) run on every ImageStatus
     call from many threads at once: answer from memory, never from disk or
     network. ``start`` runs once before the server accepts calls and may do
-    I/O; ``close`` runs once at shutdown.
+    I/O (raise :class:`crishim.errors.BackendError` to stop start-up with a
+    message); ``close`` runs once at shutdown. What a method raises on
+    purpose is a :mod:`crishim.errors` error and becomes that status;
+    anything else is a fault, logged with the backend's name, that costs
+    only this backend's answer. Most backends subclass
+    :class:`IndexedBackend` rather than implement this from scratch.
+
+    Example::
+
+        from crishim.errors import ReadOnly
+        from crishim.model import ImageRecord
+        from crishim.reference import RefKind
+        from crishim.types import Backend
+
+        ONE = ImageRecord(id="sha256:" + "ab" * 32, repo_tags=("example.com/one:1",), size=1234)
+
+
+        class OneImage:  # every method of the protocol, for a backend of one image
+            def __init__(self, context, options):
+                self.name = context.name
+
+            def start(self): ...
+
+            def close(self): ...
+
+            def get_image(self, ref):
+                if ref.kind is RefKind.ID:
+                    return ONE if ref.digest == ONE.id else None
+                return ONE if ref.tagged() in ONE.repo_tags else None
+
+            def match_id_prefix(self, prefix):
+                return [ONE.id] if ONE.id.removeprefix("sha256:").startswith(prefix) else []
+
+            def list_images(self):
+                return [ONE]
+
+            def filesystem_usage(self):
+                return ()
+
+            def remove_image(self, record):
+                raise ReadOnly(f"backend {self.name!r} is read-only")
+
+
+        assert issubclass(OneImage, Backend)
     """
 
     def start(self) -> None: ...
@@ -115,7 +229,20 @@ class Backend(Protocol):
 class PullAuth:
     """Credentials from ``PullImageRequest.auth``; never logged or shown.
 
-    ``repr()`` names which fields are set, not their values.
+    ``repr()`` names which fields are set, not their values; a PullAuth
+    with nothing set is false. A pulling backend hands it to
+    :meth:`crishim.registry.client.RegistryClient.session`, which turns it
+    into registry credentials.
+
+    Example::
+
+        >>> auth = PullAuth(username="robot", password="s3cret")
+        >>> auth
+        PullAuth(<username, password>)
+        >>> f"pulling with {auth}"
+        'pulling with PullAuth(<username, password>)'
+        >>> bool(PullAuth())
+        False
     """
 
     username: str = ""
@@ -143,6 +270,13 @@ class PodContext:
     kubelet sends it with every pull it makes for a pod; pulls by crictl,
     ``crishim pull`` and other tools usually carry none (``PullRequest.pod``
     is None then).
+
+    Example::
+
+        def check_request(self, request):
+            if request.pod is not None and request.pod.namespace in self.locked:
+                return Decision.deny(f"namespace {request.pod.namespace} may not pull")
+            return ALLOW
     """
 
     namespace: str = ""
@@ -154,7 +288,24 @@ class PodContext:
 
 @dataclass(frozen=True)
 class PullRequest:
-    """One PullImage call, as a pulling backend receives it."""
+    """One PullImage call (or ``crishim pull``), as a pulling backend receives it.
+
+    Example::
+
+        import time
+
+        from crishim.errors import Cancelled, DeadlineExceeded
+
+
+        def pull_image(self, request):
+            for layer in self.layers_of(request.ref):
+                if request.cancelled():
+                    raise Cancelled(f"pull of {request.ref} cancelled")
+                if request.deadline is not None and time.monotonic() > request.deadline:
+                    raise DeadlineExceeded(f"pull of {request.ref} ran out of time")
+                self.fetch(layer, request.auth)
+            return self.commit(request.ref)
+    """
 
     ref: Reference
     auth: PullAuth | None = None
@@ -188,7 +339,17 @@ class PullRequest:
 
 @dataclass(frozen=True, slots=True)
 class PullProgress:
-    """Where one blob of a pull stands, as reported to ``PullRequest.progress``."""
+    """Where one blob of a pull stands, as reported to ``PullRequest.progress``.
+
+    crishim's puller reports it for you; a backend fetching blobs its own
+    way reports it itself (``crishim pull`` draws a bar per blob from it).
+
+    Example::
+
+        if request.progress is not None:
+            event = PullProgress(digest, "layer", total=size, done=written, state="downloading")
+            request.progress(event)
+    """
 
     digest: str
     #: ``manifest``, ``config`` or ``layer``
@@ -206,11 +367,30 @@ class PullProgress:
 class Puller(Protocol):
     """A backend that can pull: the catalog asks the first one configured.
 
+    A backend is recognised as pulling by having a ``pull_image`` method
+    (``isinstance(backend, Puller)``); PullImage and ``crishim pull`` go to
+    the first such backend in the configured order, and only to it.
     ``pull_image`` fetches the image the reference names into the backend's
     store and returns its record once it is visible (all blobs committed).
-    It raises the domain errors of :mod:`crishim.errors`: ImageNotFound,
-    PermissionDenied/Unauthenticated, Unavailable, DataLoss,
-    DeadlineExceeded/Cancelled.
+    What it raises is the pull's answer, never passed on to another
+    backend: the domain errors of :mod:`crishim.errors` become their status
+    (ImageNotFound NOT_FOUND, PermissionDenied/Unauthenticated, Unavailable,
+    DataLoss, DeadlineExceeded/Cancelled, and NotSupported
+    FAILED_PRECONDITION); anything else is INTERNAL, logged with the
+    traceback. docs/plugins.md, "The pulling contract", says the rest.
+
+    Example::
+
+        from crishim.registry.client import Deadline
+
+
+        class MyStore(IndexedBackend):
+            def pull_image(self, request):
+                deadline = Deadline(request.deadline, request.cancelled, f"pull {request.ref}")
+                session = self.registry.session(request.ref, request.auth, deadline)
+                plan = self.puller.plan(session, request.ref)
+                self.puller.fetch(session, plan, self.sink, request.progress)
+                return self.commit(request.ref, plan)
     """
 
     def pull_image(self, request: PullRequest) -> ImageRecord: ...
@@ -226,6 +406,13 @@ class HandlerAware(Protocol):
     asks it, once per handler it serves other than ``""``, for the backend as
     it answers for that handler, and calls that for the handler's calls.
     ``start`` and ``close`` are called on the backend itself only.
+
+    Example::
+
+        class Forwarding(IndexedBackend):
+            def for_runtime_handler(self, handler):
+                # the same upstream, asked with the handler on every call
+                return HandlerView(self.upstream, handler, name=f"{self.name}[{handler}]")
     """
 
     def for_runtime_handler(self, handler: str) -> Backend: ...
@@ -233,7 +420,15 @@ class HandlerAware(Protocol):
 
 @dataclass(frozen=True)
 class ImportRequest:
-    """One image of a file to load into a backend's store (``crishim import``)."""
+    """One image of a file to load into a backend's store (``crishim import``).
+
+    Example::
+
+        def import_image(self, request):
+            plan = self.puller.plan(request.source, request.ref)
+            self.puller.fetch(request.source, plan, self.sink, request.progress)
+            return self.commit(request.ref, plan)
+    """
 
     #: The name the image gets (a tag or a digest name).
     ref: Reference
@@ -252,6 +447,17 @@ class Importer(Protocol):
     ``import_image`` stores the image ``request.source`` holds, verifying
     every digest, names it ``request.ref`` and returns its record. The
     built-in pulling backends use the same puller and commit as for pulls.
+    ``crishim import`` uses the first configured backend that is one.
+
+    Example::
+
+        class MyStore(IndexedBackend):
+            def pull_image(self, request): ...
+
+            def import_image(self, request): ...
+
+
+        assert issubclass(MyStore, Importer) and issubclass(MyStore, Puller)
     """
 
     def import_image(self, request: ImportRequest) -> ImageRecord: ...
@@ -259,7 +465,25 @@ class Importer(Protocol):
 
 @dataclass(frozen=True)
 class BackendType:
-    """A kind of backend a plugin offers, e.g. ``oci-dir``."""
+    """A kind of backend a plugin offers, e.g. ``oci-dir``.
+
+    What the ``crishim_backend_types`` hook returns. ``package`` and
+    ``version`` are filled in by crishim from the distribution that
+    declares the plugin's entry point (``crishim plugins`` shows them).
+
+    Example::
+
+        @hookimpl
+        def crishim_backend_types():
+            return [
+                BackendType(
+                    name="json-catalog",
+                    factory=JsonCatalogBackend,
+                    options_model=JsonCatalogOptions,
+                    description="images a JSON catalogue names",
+                )
+            ]
+    """
 
     #: The ``type`` used in the config file.
     name: str
@@ -280,6 +504,13 @@ class Verdict:
     A hidden image is absent for ImageStatus (OK, ``image`` unset) and
     RemoveImage (OK, nothing removed); ListImages and StreamImages leave it
     out unless ``listed`` is set.
+
+    Example::
+
+        def check(self, record):
+            if any(tag.endswith(":latest") for tag in record.repo_tags):
+                return Verdict(hidden=True, reason="tagged latest")
+            return VISIBLE
     """
 
     #: True: the CRI must not see the image.
@@ -292,19 +523,35 @@ class Verdict:
     filter: str = ""
 
 
-#: The verdict of a filter that has no objection.
+#: The verdict of a filter that has no objection (one shared object).
 VISIBLE = Verdict()
 
 
 class FilterOptions(BaseModel):
-    """Base for a filter type's options; unknown keys are config errors."""
+    """Base for a filter type's options; unknown keys are config errors.
+
+    Example::
+
+        class NoLatestOptions(FilterOptions):
+            list_hidden: bool = False  # filters[i].options.list_hidden
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 @dataclass(frozen=True)
 class FilterContext:
-    """What crishim tells a filter instance about where it runs."""
+    """What crishim tells a filter instance about where it runs.
+
+    The first argument of every filter factory.
+
+    Example::
+
+        class Allowlist:
+            def __init__(self, context, options):
+                path = context.config_dir / options.file  # relative to the config file
+                self.allowed = frozenset(path.read_text().split())
+    """
 
     #: The instance name from the config file (unique among filters).
     name: str
@@ -318,7 +565,19 @@ class Filter(Protocol):
 
     ``check`` is called once per image record (records are immutable; the
     verdict is kept with the record), from any thread. It must not do I/O:
-    judge from the record alone.
+    judge from the record alone. A ``check`` that raises, or returns
+    something else than a :class:`Verdict`, hides the record.
+
+    Example::
+
+        class NoLatest:
+            def __init__(self, context, options):
+                self.list_hidden = options.list_hidden
+
+            def check(self, record):
+                if any(tag.endswith(":latest") for tag in record.repo_tags):
+                    return Verdict(hidden=True, reason="tagged latest", listed=self.list_hidden)
+                return VISIBLE
     """
 
     def check(self, record: ImageRecord) -> Verdict: ...
@@ -326,7 +585,16 @@ class Filter(Protocol):
 
 @dataclass(frozen=True)
 class FilterType:
-    """A kind of filter a plugin offers, e.g. ``embedded-filter``."""
+    """A kind of filter a plugin offers, e.g. ``embedded-filter``.
+
+    What the ``crishim_filter_types`` hook returns.
+
+    Example::
+
+        @hookimpl
+        def crishim_filter_types():
+            return [FilterType(name="no-latest", factory=NoLatest, options_model=NoLatestOptions)]
+    """
 
     #: The ``type`` used in the config file's ``filters`` list.
     name: str
@@ -356,6 +624,15 @@ class Decision:
     ``status="failed_precondition"`` (the request could be allowed if it
     were made differently: by digest, say). The reason goes into the gRPC
     message as it is: never put a secret in it.
+
+    Example::
+
+        >>> Decision.deny("registry evil.example is not allowed").allowed
+        False
+        >>> Decision.precondition("pull by digest").status
+        'failed_precondition'
+        >>> ALLOW.allowed
+        True
     """
 
     allowed: bool = True
@@ -373,6 +650,7 @@ class Decision:
         return cls(False, reason, "failed_precondition")
 
 
+#: The decision of a policy that has no objection (one shared object).
 ALLOW = Decision()
 
 
@@ -388,6 +666,13 @@ class ResolvedImage:
     it is None when the image did not come through crishim's registry
     client (a backend pulling through another runtime): then only the
     digests are known.
+
+    Example::
+
+        def check_image(self, request, image):
+            if image.digest not in self.trusted_digests:
+                return Decision.deny(f"{request.ref} resolved to {image.digest}, not trusted")
+            return ALLOW
     """
 
     ref: Reference
@@ -409,14 +694,30 @@ class ResolvedImage:
 
 
 class PolicyOptions(BaseModel):
-    """Base for a pull policy type's options; unknown keys are config errors."""
+    """Base for a pull policy type's options; unknown keys are config errors.
+
+    Example::
+
+        class AllowlistOptions(PolicyOptions):
+            registries: list[str]  # pull_policies[i].options.registries
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 @dataclass(frozen=True)
 class PolicyContext:
-    """What crishim tells a pull policy instance about where it runs."""
+    """What crishim tells a pull policy instance about where it runs.
+
+    The first argument of every pull policy factory.
+
+    Example::
+
+        class Allowlist:
+            def __init__(self, context, options):
+                self.name = context.name
+                self.tracer = context.tracer_provider.get_tracer(__name__)
+    """
 
     #: The instance name from the config file (unique among pull policies).
     name: str
@@ -434,6 +735,17 @@ class PullPolicy(Protocol):
     any thread, before the pulling backend is asked; it must be quick. The
     request carries the reference, the runtime handler, the pod
     (``request.pod``) and ``user_specified_image``; never log ``auth``.
+
+    Example::
+
+        class Allowlist:
+            def __init__(self, context, options):
+                self.registries = frozenset(options.registries)
+
+            def check_request(self, request):
+                if request.ref.domain not in self.registries:
+                    return Decision.deny(f"registry {request.ref.domain} is not allowed")
+                return ALLOW
     """
 
     def check_request(self, request: PullRequest) -> Decision: ...
@@ -447,6 +759,14 @@ class ImagePolicy(Protocol):
     before any layer is stored as part of the image, with the digest and
     the means to fetch more (signatures, attestations). It may do I/O
     within its ``timeout``. A policy class may offer both checks.
+
+    Example::
+
+        class PinnedDigests:
+            def check_image(self, request, image):
+                if image.digest != self.expected.get(request.ref.repository, image.digest):
+                    return Decision.deny(f"{request.ref} is not the pinned {image.digest}")
+                return ALLOW
     """
 
     def check_image(self, request: PullRequest, image: ResolvedImage) -> Decision: ...
@@ -454,7 +774,16 @@ class ImagePolicy(Protocol):
 
 @dataclass(frozen=True)
 class PullPolicyType:
-    """A kind of pull policy a plugin offers, e.g. ``registry-policy``."""
+    """A kind of pull policy a plugin offers, e.g. ``registry-policy``.
+
+    What the ``crishim_pull_policy_types`` hook returns.
+
+    Example::
+
+        @hookimpl
+        def crishim_pull_policy_types():
+            return [PullPolicyType(name="allowlist", factory=Allowlist, options_model=Options)]
+    """
 
     #: The ``type`` used in the config file's ``pull_policies`` list.
     name: str
@@ -475,7 +804,23 @@ class IndexedBackend:
     Subclasses implement :meth:`start` to build records and call
     :meth:`publish`; lookups, listing and the Backend protocol's defaults
     come from here. ``publish`` may be called again at any time from any
-    thread: readers see the old index or the new one.
+    thread: readers see the old index or the new one. The defaults:
+    ``filesystem_usage`` reports nothing, ``remove_image`` refuses with
+    :class:`crishim.errors.NotSupported` (FAILED_PRECONDITION); ``name``
+    is the instance's config name.
+
+    Example::
+
+        class JsonImages(IndexedBackend):
+            def __init__(self, context, options):
+                super().__init__(context)
+                self.path = context.resolve_path(options.path)
+
+            def start(self):  # once, before the server accepts calls: I/O is fine here
+                self.publish(read_records(self.path))
+
+            def remove_image(self, record):
+                raise ReadOnly(f"backend {self.name!r} is read-only")
     """
 
     def __init__(self, context: BackendContext) -> None:
@@ -486,9 +831,11 @@ class IndexedBackend:
 
     @property
     def index(self) -> ImageIndex:
+        """The index published last (an empty one before the first ``publish``)."""
         return self._index
 
     def publish(self, records: Iterable[ImageRecord] | ImageIndex) -> None:
+        """Replace the index, from records (one per image; names merged by ID) or a built one."""
         index = records if isinstance(records, ImageIndex) else ImageIndex(records)
         with self._publish_lock:
             self._index = index

@@ -21,15 +21,23 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
+from crishim.testing.embedded import add_embedded_image  # noqa: E402
 from crishim.testing.ocibuild import (  # noqa: E402
     CONTAINERD_NAME,
     BuiltImage,
     BuiltIndex,
+    Descriptor,
     LayoutBuilder,
 )
 
 DEFAULT_OUT = REPO_ROOT / "examples" / "layouts" / "demo"
 REPO = "example.com/crishim"
+#: An iSulad embedded image: in the layout, never served (the default
+#: filter chain hides it; docs/plugins.md, "The embedded-filter").
+EMBEDDED = f"{REPO}/embedded:1.0"
+
+#: What one index.json entry names.
+Target = BuiltImage | BuiltIndex | Descriptor
 
 PASSWD = (
     "root:x:0:0:root:/root:/bin/sh\n"
@@ -48,10 +56,10 @@ BASE_LAYER: dict[str, bytes | str] = {
 }
 
 
-def build(root: Path) -> list[tuple[str, BuiltImage | BuiltIndex]]:
+def build(root: Path) -> list[tuple[str, Target]]:
     """Write the demo layout into ``root``; return (name, target) per index.json entry."""
     b = LayoutBuilder(root)
-    entries: list[tuple[str, BuiltImage | BuiltIndex]] = []
+    entries: list[tuple[str, Target]] = []
 
     def tag(target: BuiltImage | BuiltIndex, name: str, key: str | None = None) -> None:
         if key is None:
@@ -123,6 +131,11 @@ def build(root: Path) -> list[tuple[str, BuiltImage | BuiltIndex]]:
     # layout (the example config sets repository: example.com/crishim/hello).
     tag(hello, "latest")
 
+    # Held by the layout, hidden from the CRI: ImageStatus answers nil, lists
+    # leave it out, and at logging.level debug the log says which filter hid
+    # it and why.
+    entries.append((EMBEDDED, add_embedded_image(b, EMBEDDED)))
+
     b.write()
     return entries
 
@@ -131,11 +144,13 @@ def _short(digest: str) -> str:
     return digest.split(":", 1)[1][:12]
 
 
-def summary_lines(entries: list[tuple[str, BuiltImage | BuiltIndex]]) -> list[str]:
+def summary_lines(entries: list[tuple[str, Target]]) -> list[str]:
     lines = []
     width = max(len(name) for name, _ in entries)
     for name, target in entries:
-        if isinstance(target, BuiltImage):
+        if isinstance(target, Descriptor):
+            desc = f"embedded manifest {_short(target.digest)} (hidden by the embedded-filter)"
+        elif isinstance(target, BuiltImage):
             user = target.config_json["config"]
             assert isinstance(user, dict)
             desc = f"id {_short(target.id)}  size {target.size:>5}  user {user['User']!r}"

@@ -70,3 +70,43 @@ CLAIMS_OCI_DIR_PLUGIN = """
     def crishim_backend_types():
         return [BackendType(name="oci-dir", factory=lambda c, o: IndexedBackend(c))]
 """
+
+#: A plugin offering backend type "typo-type" whose filter hook is misspelt:
+#: it is left out, and a config naming "typo-type" is told why.
+MISSPELT_WITH_TYPES_PLUGIN = """
+    from crishim import hookimpl
+    from crishim.types import BackendType, IndexedBackend
+
+    @hookimpl
+    def crishim_backend_types():
+        return [BackendType(name="typo-type", factory=lambda c, o: IndexedBackend(c))]
+
+    @hookimpl
+    def crishim_filter_typs():
+        return []
+"""
+
+RAISING_HOOK_PLUGIN = """
+    from crishim import hookimpl
+
+    @hookimpl
+    def crishim_backend_types():
+        raise RuntimeError("registering failed on purpose")
+"""
+
+WRONG_TYPE_PLUGIN = """
+    from crishim import hookimpl
+
+    @hookimpl
+    def crishim_backend_types():
+        return ["not a BackendType"]
+"""
+
+#: A hook implementation asking for an argument the hook does not have.
+BAD_SIGNATURE_PLUGIN = """
+    from crishim import hookimpl
+
+    @hookimpl
+    def crishim_backend_types(context):
+        return []
+"""

@@ -40,6 +40,8 @@ USERS = {
 }
 EMBEDDED = "example.com/embedded/app:1.0"
 
+pytest_plugins = ["pytester"]
+
 
 def standard_setup(root: Path, *, filters: Any = None, **options: Any) -> ContractSetup:
     """The standard layout plus an embedded image, served by one oci-dir backend."""
@@ -131,7 +133,7 @@ class SloppyContract(CriContract):
         record = SloppyBackend.record
         return ContractSetup(
             backends=[{"name": "sloppy", "type": "sloppy"}],
-            images=[ExpectedImage(id=record.id, repo_tags=record.repo_tags)],
+            images=[ExpectedImage(id=record.id, repo_tags=record.repo_tags, size=record.size)],
             config={"filters": []},
             extra_plugins=[("sloppy", SloppyPlugin())],
         )
@@ -188,3 +190,66 @@ def test_the_kit_tears_down_every_setup_after_the_server(tmp_path: Path) -> None
     with pytest.raises(Exception, match="no-such-type"):
         next(broken._serve(tmp_path / "two"))
     assert broken.calls == ["setup", "teardown"]
+
+
+# ------------------------------------------------------------------- setups pair with teardowns
+
+PAIRS_MODULE = """
+from pathlib import Path
+
+from crishim.testing.conformance import ContractSetup, CriContract, ExpectedImage
+from crishim.testing.ocibuild import LayoutBuilder
+
+LOG = Path(__file__).with_name("pairs.log")
+
+
+class TestPairs(CriContract):
+    removable = True
+
+    def cri_setup(self, root):
+        builder = LayoutBuilder(root / "layout")
+        images = []
+        for name, user in (("one", "1000"), ("two", "www-data")):
+            image = builder.image(user=user, name=name)
+            builder.tag(image, f"example.com/{name}:1")
+            images.append(
+                ExpectedImage(
+                    id=image.id,
+                    repo_tags=[f"example.com/{name}:1"],
+                    repo_digests=[f"example.com/{name}@{image.manifest.digest}"],
+                    # wrong on purpose for "two": one check fails, teardowns still run
+                    user=user if name == "one" else "1000",
+                    size=image.size,
+                )
+            )
+        builder.write()
+        with LOG.open("a") as log:
+            log.write(f"setup {root}\\n")
+        return ContractSetup(
+            backends=[{"name": "b", "type": "oci-dir", "options": {"path": str(root / "layout")}}],
+            images=images,
+            config={"platform": {"os": "linux", "architecture": "amd64"}},
+        )
+
+    def cri_teardown(self, setup):
+        root = Path(setup.backends[0]["options"]["path"]).parent
+        with LOG.open("a") as log:
+            log.write(f"teardown {root}\\n")
+"""
+
+
+def test_every_setup_the_kit_makes_is_torn_down_once_after_its_server(
+    pytester: pytest.Pytester,
+) -> None:
+    pytester.makepyfile(test_pairs=PAIRS_MODULE)
+    recorder = pytester.inline_run("-p", "no:cacheprovider", "-q")
+    failed = {r.nodeid.rpartition("::")[2] for r in recorder.listoutcomes()[2]}
+    assert failed == {"test_uid_and_username_follow_the_cri_rules"}
+    events = [line.split(" ", 1) for line in (pytester.path / "pairs.log").read_text().splitlines()]
+    setups = [root for what, root in events if what == "setup"]
+    # the class's shared server, then one fresh server per removal test
+    assert len(setups) == 3 and len(set(setups)) == 3, events
+    for root in setups:
+        assert [what for what, r in events if r == root] == ["setup", "teardown"], events
+    # the fresh servers come and go while the shared one lives on
+    assert events[0] == ["setup", setups[0]] and events[-1] == ["teardown", setups[0]]

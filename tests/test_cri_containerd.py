@@ -40,9 +40,14 @@ class TestCriInFrontOfContainerd(CriContract):
             ],
             # images imported with ctr have names, no digest names (containerd's
             # CRI makes name@digest records only for its own pulls)
+            # containerd's CRI sizes an image as crishim does (manifest, config, layers)
             images=[
-                ExpectedImage(id=images.busybox.id, repo_tags=[images.busybox_ref]),
-                ExpectedImage(id=images.pause.id, repo_tags=[images.pause_ref]),
+                ExpectedImage(
+                    id=images.busybox.id, repo_tags=[images.busybox_ref], size=images.busybox.size
+                ),
+                ExpectedImage(
+                    id=images.pause.id, repo_tags=[images.pause_ref], size=images.pause.size
+                ),
             ],
         )
 

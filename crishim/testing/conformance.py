@@ -32,6 +32,10 @@ The checks:
 * one image, whatever it is asked by: its ID, its ID without ``sha256:``,
   a 12-character ID prefix, every tag and every digest answer the same
   ``Image``, with exactly the expected ``repo_tags`` and ``repo_digests``;
+* ``size`` is the one the backend documents (every :class:`ExpectedImage`
+  says it: crishim's rule is the compressed size of the platform manifest,
+  its config and its layers, which
+  :attr:`crishim.testing.ocibuild.BuiltImage.size` computes);
 * ``uid``/``username`` follow the CRI rules from the config's ``User``
   (numeric: uid, no username; a name: username, no uid; the group after
   ``:`` is never reported);
@@ -44,13 +48,21 @@ The checks:
 * malformed references are INVALID_ARGUMENT for ImageStatus, RemoveImage
   and the ListImages filter; so is a runtime handler no backend serves, for
   ImageStatus, PullImage, RemoveImage and the ListImages filter;
-* verbose ImageStatus answers the same image and ``info`` as JSON; and
-  ImageFsInfo answers OK.
+* verbose ImageStatus answers the same image and ``info`` as JSON;
+* ImageFsInfo answers OK, each filesystem with its mountpoint, used bytes
+  and inodes, and a timestamp in nanoseconds of the last hour; the
+  backend's own ``filesystem_usage()`` entries too (crishim would stamp a
+  zero timestamp with the time of the call, hiding the mistake).
+
+``cri_setup`` and ``cri_teardown`` come in pairs: for every setup the
+kit makes, the teardown runs once the server over it has stopped, even
+when that server failed to start or a check failed.
 """
 
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,7 +74,14 @@ import pytest
 from crishim.cri.runtime.v1 import api_pb2
 from crishim.testing.server import RunningShim, running_server
 
-__all__ = ["BAD_REFERENCES", "ContractRun", "ContractSetup", "CriContract", "ExpectedImage"]
+__all__ = [
+    "BAD_REFERENCES",
+    "RECENT_NS",
+    "ContractRun",
+    "ContractSetup",
+    "CriContract",
+    "ExpectedImage",
+]
 
 #: Image references the CRI must reject with INVALID_ARGUMENT.
 BAD_REFERENCES: tuple[str, ...] = (
@@ -78,6 +97,11 @@ BAD_REFERENCES: tuple[str, ...] = (
     "exa mple.com/app:1",
 )
 
+#: How far from now an ImageFsInfo timestamp may be: generous for a usage
+#: computed at start-up, tight enough to catch seconds, milliseconds or
+#: microseconds given where nanoseconds are due, and a zero.
+RECENT_NS = 3600 * 10**9
+
 _ABSENT_ID = "sha256:" + "0" * 63 + "1"
 _ABSENT_NAMES: tuple[str, ...] = (
     "crishim-contract.invalid/absent:never",
@@ -89,7 +113,22 @@ _ABSENT_NAMES: tuple[str, ...] = (
 
 @dataclass(frozen=True)
 class ExpectedImage:
-    """One image the backend serves, as the CRI must report it."""
+    """One image the backend serves, as the CRI must report it.
+
+    Example::
+
+        from crishim.testing.ocibuild import LayoutBuilder
+
+        builder = LayoutBuilder(root / "store")
+        app = builder.image(user="1000", name="app")
+        expected = ExpectedImage(
+            id=app.id,
+            repo_tags=["example.com/app:1.0"],  # normalised, as the CRI reports them
+            repo_digests=[f"example.com/app@{app.manifest.digest}"],
+            user="1000",
+            size=app.size,  # crishim's rule: manifest + config + layers
+        )
+    """
 
     #: ``sha256:<hex>`` (the config digest).
     id: str
@@ -99,7 +138,10 @@ class ExpectedImage:
     repo_digests: Sequence[str] = ()
     #: The image config's ``User``; uid/username are derived from it.
     user: str = ""
-    #: The reported size, when the author wants it checked.
+    #: The size the backend documents for the image (required: the kit
+    #: fails an image without one). crishim's rule, which the built-in
+    #: backends follow: the compressed sizes of the platform manifest, its
+    #: config and its layers (:attr:`crishim.testing.ocibuild.BuiltImage.size`).
     size: int | None = None
 
     @property
@@ -109,7 +151,18 @@ class ExpectedImage:
 
 @dataclass(frozen=True)
 class ContractSetup:
-    """What ``cri_setup`` returns: the config and what it must serve."""
+    """What ``cri_setup`` returns: the config and what it must serve.
+
+    Example::
+
+        ContractSetup(
+            backends=[{"name": "c", "type": "json-catalog", "options": {"catalog": "c.json"}}],
+            images=[ExpectedImage(id=app_id, repo_tags=["example.com/app:1.0"], size=1234)],
+            hidden=["example.com/embedded/app:1.0"],
+            config={"platform": {"os": "linux", "architecture": "amd64"}},
+            base_dir=root,
+        )
+    """
 
     #: The ``backends`` list of the config.
     backends: Sequence[Mapping[str, Any]]
@@ -129,7 +182,17 @@ class ContractSetup:
 
 @dataclass(frozen=True)
 class ContractRun:
-    """A server started for a setup."""
+    """A server started for a setup: what the kit's fixtures give each check.
+
+    Example::
+
+        class TestMine(CriContract):
+            def cri_setup(self, root): ...
+
+            def test_my_own_check(self, cri_contract):  # the class's shared server
+                for expected in cri_contract.setup.images:
+                    assert cri_contract.shim.status(expected.id).HasField("image")
+    """
 
     setup: ContractSetup
     shim: RunningShim
@@ -147,6 +210,10 @@ def _code(call: Any, *args: Any) -> grpc.StatusCode:
     return grpc.StatusCode.OK
 
 
+def _recent(timestamp_ns: int, now_ns: int) -> bool:
+    return abs(now_ns - timestamp_ns) <= RECENT_NS
+
+
 def _expected_user(user: str) -> tuple[int | None, str]:
     name = user.split(":", 1)[0]
     if not name:
@@ -157,14 +224,44 @@ def _expected_user(user: str) -> tuple[int | None, str]:
 
 
 class CriContract:
-    """Subclass as ``Test<Something>`` and implement :meth:`cri_setup`."""
+    """Subclass as ``Test<Something>`` and implement :meth:`cri_setup`.
+
+    pytest collects the subclass's inherited ``test_*`` checks (listed in
+    this module's docstring). ``cri_contract`` is the class's shared server
+    (checks that change nothing); ``cri_fresh_contract`` a server of the
+    test's own over a fresh ``cri_setup`` (removals). Add checks of your
+    own as methods taking either fixture.
+
+    Example::
+
+        from crishim.testing.conformance import ContractSetup, CriContract, ExpectedImage
+
+
+        class TestJsonCatalog(CriContract):
+            removable = False  # RemoveImage must be FAILED_PRECONDITION
+
+            def cri_setup(self, root):
+                images = write_store_and_catalogue(root)  # your data, under root
+                return ContractSetup(
+                    backends=[{"name": "c", "type": "json-catalog", "options": {"store": "store"}}],
+                    images=[ExpectedImage(id=i.id, repo_tags=i.tags, size=i.size) for i in images],
+                    base_dir=root,
+                )
+
+            def cri_teardown(self, setup):
+                stop_what_cri_setup_started(setup)  # if anything
+    """
 
     #: The backend removes images (RemoveImage semantics are checked);
     #: False: removal must be refused with FAILED_PRECONDITION.
     removable: bool = False
 
     def cri_setup(self, root: Path) -> ContractSetup:
-        """Write the backend's data under ``root``; say how to serve it and what it holds."""
+        """Write the backend's data under ``root``; say how to serve it and what it holds.
+
+        Called once for the class's shared server and once more, with a
+        fresh ``root``, for each test that removes images.
+        """
         raise NotImplementedError("a CriContract subclass implements cri_setup(root)")
 
     def cri_teardown(self, setup: ContractSetup) -> None:
@@ -238,11 +335,21 @@ class CriContract:
             assert sorted(image.repo_digests) == sorted(expected.repo_digests), expected.id
             assert len(set(image.repo_tags)) == len(image.repo_tags), "repo_tags repeat"
             assert len(set(image.repo_digests)) == len(image.repo_digests), "digests repeat"
-            if expected.size is not None:
-                assert image.size == expected.size, expected.id
             for ref, response in answers.items():
                 assert response.HasField("image"), f"{ref!r} is not answered"
                 assert _wire(response.image) == _wire(image), f"{ref!r} answers otherwise"
+
+    def test_size_is_the_one_the_backend_documents(self, cri_contract: ContractRun) -> None:
+        for expected in cri_contract.setup.images:
+            assert expected.size is not None, (
+                f"ExpectedImage({expected.id}) gives no size: give the size the backend "
+                "documents (crishim's rule: platform manifest + config + layers, as "
+                "crishim.testing.ocibuild.BuiltImage.size computes it)"
+            )
+            image = cri_contract.shim.status(expected.id).image
+            assert image.size == expected.size, (
+                f"{expected.id}: size {image.size}, the backend documents {expected.size}"
+            )
 
     def test_uid_and_username_follow_the_cri_rules(self, cri_contract: ContractRun) -> None:
         for expected in cri_contract.setup.images:
@@ -370,6 +477,21 @@ class CriContract:
             assert shim.status(ref).HasField("image"), "a refused RemoveImage removed"
 
     def test_image_fs_info_answers(self, cri_contract: ContractRun) -> None:
-        response = cri_contract.shim.fsinfo()
+        shim = cri_contract.shim
+        response = shim.fsinfo()
+        now = time.time_ns()
         for usage in response.image_filesystems:
-            assert usage.fs_id.mountpoint, "a filesystem usage names its mountpoint"
+            where = usage.fs_id.mountpoint
+            assert where, "a filesystem usage names its mountpoint"
+            assert usage.HasField("used_bytes"), f"{where}: used_bytes is unset"
+            assert usage.HasField("inodes_used"), f"{where}: inodes_used is unset"
+            assert _recent(usage.timestamp, now), (
+                f"{where}: timestamp {usage.timestamp} is not time.time_ns() of the last hour"
+            )
+        for handle in shim.catalog.backends:
+            for own in handle.backend.filesystem_usage():
+                assert own.mountpoint, f"backend {handle.name}: a usage without mountpoint"
+                assert _recent(own.timestamp_ns, now), (
+                    f"backend {handle.name}: FilesystemUsage.timestamp_ns {own.timestamp_ns} "
+                    f"for {own.mountpoint} is not time.time_ns() of the last hour"
+                )

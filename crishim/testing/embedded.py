@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from crishim.oci.spec import EMBEDDED_MANIFEST
 from crishim.testing.ocibuild import REF_NAME, Descriptor, LayoutBuilder, canonical_json
 
 __all__ = [
@@ -41,8 +42,9 @@ __all__ = [
     "write_isulad_image",
 ]
 
-EMBEDDED_MANIFEST = "application/embedded.manifest+json"
+#: The media type of an embedded layer that is a squashfs image file.
 SQUASHFS_LAYER = "application/squashfs.image.rootfs.diff.img"
+#: The media type of an embedded layer that is a directory bound into the container.
 BIND_LAYER = "application/bind.image.rootfs.diff.dir"
 
 #: A stand-in for a squashfs image: the real magic, then filler. Nothing
@@ -52,7 +54,15 @@ _SQUASHFS_MAGIC = b"hsqs"
 
 @dataclass(frozen=True)
 class EmbeddedLayer:
-    """One layer of an embedded manifest."""
+    """One layer of an embedded manifest.
+
+    Example::
+
+        layers = [
+            EmbeddedLayer(BIND_LAYER, "/"),
+            EmbeddedLayer(SQUASHFS_LAYER, "app.sqfs", "/app", size=4096),
+        ]
+    """
 
     media_type: str
     #: The host path: ``/`` for the first layer, else relative to the manifest.
@@ -83,7 +93,14 @@ def embedded_manifest(
     entrypoint: Sequence[str] = ("/bin/sh",),
     workdir: str = "/",
 ) -> dict[str, Any]:
-    """An embedded manifest as iSulad reads it."""
+    """An embedded manifest as iSulad reads it.
+
+    Example::
+
+        >>> manifest = embedded_manifest("example.com/app:1.0", [EmbeddedLayer(BIND_LAYER, "/")])
+        >>> manifest["mediaType"], manifest["schemaVersion"]
+        ('application/embedded.manifest+json', 1)
+    """
     return {
         "schemaVersion": 1,
         "mediaType": EMBEDDED_MANIFEST,
@@ -112,6 +129,11 @@ def write_isulad_image(
     ``root/manifest`` names ``/`` as the first (bind) layer, then one
     squashfs image file per ``squashfs`` entry (file name → path in the
     container) and one bind directory per ``binds`` entry, next to it.
+
+    Example::
+
+        manifest = write_isulad_image(tmp_path / "app", squashfs={"app.sqfs": "/app"})
+        assert manifest == tmp_path / "app" / "manifest"
     """
     base = Path(root)
     base.mkdir(parents=True, exist_ok=True)
@@ -140,6 +162,14 @@ def add_embedded_image(
 
     ``tag`` is the ``org.opencontainers.image.ref.name`` annotation (None:
     ``image_name``; ``""``: no annotation, so only the manifest names it).
+    Returns the manifest's descriptor: its digest is the record's ID.
+
+    Example::
+
+        builder = LayoutBuilder(tmp_path / "layout")
+        descriptor = add_embedded_image(builder, "example.com/embedded/app:1.0")
+        builder.write()
+        hidden = ["example.com/embedded/app:1.0", descriptor.digest]  # ContractSetup.hidden
     """
     if layers is None:
         data = _squashfs_bytes(image_name)

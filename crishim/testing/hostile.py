@@ -32,12 +32,24 @@ NESTING_DEPTH = 100_000
 
 
 def nesting_bomb(depth: int = NESTING_DEPTH) -> bytes:
-    """A JSON document of ``depth`` nested arrays inside an object: valid, and hostile."""
+    """A JSON document of ``depth`` nested arrays inside an object: valid, and hostile.
+
+    Example::
+
+        >>> nesting_bomb(3)
+        b'{"x":[[[]]]}'
+    """
     return b'{"x":' + b"[" * depth + b"]" * depth + b"}"
 
 
 def write_blob(layout: Path, data: bytes) -> str:
-    """Store ``data`` as a blob of the layout; its digest (so the digest check passes)."""
+    """Store ``data`` as a blob of the layout; its digest (so the digest check passes).
+
+    Example::
+
+        digest = write_blob(layout_root, nesting_bomb())  # a config that is valid JSON, deep
+        manifest["config"] = {"mediaType": OCI_CONFIG, "digest": digest, "size": size}
+    """
     digest = hashlib.sha256(data).hexdigest()
     path = layout / "blobs" / "sha256" / digest
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -50,6 +62,11 @@ def symlink_out(path: Path, outside: Path) -> Path:
 
     What the link leads to is an identical copy, so a reader that follows it
     would find valid content: only the path tells it does not belong.
+
+    Example::
+
+        symlink_out(builder.blob_path(image.config.digest), tmp_path / "elsewhere" / "config")
+        # the backend must skip the image, and never read tmp_path / "elsewhere"
     """
     outside.parent.mkdir(parents=True, exist_ok=True)
     shutil.move(str(path), str(outside))
@@ -58,12 +75,23 @@ def symlink_out(path: Path, outside: Path) -> Path:
 
 
 def fifo_instead(path: Path) -> None:
-    """Replace the file at ``path`` with a FIFO (a reader that opens it blindly blocks)."""
+    """Replace the file at ``path`` with a FIFO (a reader that opens it blindly blocks).
+
+    Example::
+
+        fifo_instead(builder.blob_path(image.manifest.digest))
+        # start() must still return, the image skipped
+    """
     path.unlink(missing_ok=True)
     os.mkfifo(path)
 
 
 def dir_instead(path: Path) -> None:
-    """Replace the file at ``path`` with a directory."""
+    """Replace the file at ``path`` with a directory.
+
+    Example::
+
+        dir_instead(builder.root / "index.json")  # the layout is broken, not the server
+    """
     path.unlink(missing_ok=True)
     path.mkdir()

@@ -21,13 +21,14 @@ Layer file maps take plain ``bytes``/``str`` (a regular file, mode 0644),
         "bin/sh": Symlink("busybox"),
     })
 
-Only the standard library is used, so backend authors can depend on it freely.
+Besides the standard library it uses only :mod:`crishim.oci.spec` (pure,
+standard library only), whose media types and annotation keys it re-exports,
+so backend authors can depend on it freely.
 """
 
 from __future__ import annotations
 
 import gzip
-import hashlib
 import io
 import json
 import os
@@ -36,18 +37,36 @@ import tarfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from crishim.oci import spec
+from crishim.oci.spec import (
+    CONTAINERD_NAME,
+    DOCKER_CONFIG,
+    DOCKER_LIST,
+    DOCKER_MANIFEST,
+    OCI_CONFIG,
+    OCI_EMPTY,
+    OCI_INDEX,
+    OCI_LAYER,
+    OCI_LAYER_GZIP,
+    OCI_MANIFEST,
+    REF_NAME,
+)
+
 __all__ = [
     "CONTAINERD_NAME",
+    "DEFAULT_PATH_ENV",
     "DOCKER_CONFIG",
     "DOCKER_LAYER",
     "DOCKER_LIST",
     "DOCKER_MANIFEST",
+    "LAYOUT_VERSION",
     "OCI_CONFIG",
     "OCI_EMPTY",
     "OCI_INDEX",
     "OCI_LAYER_GZIP",
     "OCI_MANIFEST",
     "REF_NAME",
+    "TITLE",
     "BuiltArtifact",
     "BuiltImage",
     "BuiltIndex",
@@ -63,24 +82,16 @@ __all__ = [
     "write_json_blob",
 ]
 
-OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
-OCI_INDEX = "application/vnd.oci.image.index.v1+json"
-OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
-OCI_LAYER_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
-OCI_LAYER = "application/vnd.oci.image.layer.v1.tar"
-#: The OCI 1.1 empty descriptor's media type (the two bytes ``{}``).
-OCI_EMPTY = "application/vnd.oci.empty.v1+json"
+#: The key of an artifact file's name (ORAS's annotation).
 TITLE = "org.opencontainers.image.title"
 
-DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
-DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
-DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
-DOCKER_LAYER = "application/vnd.docker.image.rootfs.diff.tar.gzip"
+#: The media type of the Docker layers the builder writes (gzipped):
+#: ``crishim.oci.spec.DOCKER_LAYER_GZIP``.
+DOCKER_LAYER = spec.DOCKER_LAYER_GZIP
 
-REF_NAME = "org.opencontainers.image.ref.name"
-CONTAINERD_NAME = "io.containerd.image.name"
-
+#: The ``imageLayoutVersion`` the builder writes in ``oci-layout``.
 LAYOUT_VERSION = "1.0.0"
+#: The ``Env`` of an image built without ``env=``.
 DEFAULT_PATH_ENV = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 _GZIP_LEVEL = 6
@@ -94,7 +105,13 @@ _OUTPUT_FILE_MODE = 0o644
 
 
 def canonical_json(obj: object) -> bytes:
-    """Serialise ``obj`` as compact, key-sorted UTF-8 JSON (no trailing newline)."""
+    """Serialise ``obj`` as compact, key-sorted UTF-8 JSON (no trailing newline).
+
+    Example::
+
+        >>> canonical_json({"b": 1, "a": [True, None]})
+        b'{"a":[true,null],"b":1}'
+    """
     text = json.dumps(
         obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
     )
@@ -102,18 +119,33 @@ def canonical_json(obj: object) -> bytes:
 
 
 def sha256_digest(data: bytes) -> str:
-    """Return the OCI digest string ``sha256:<hex>`` of ``data``."""
-    return "sha256:" + hashlib.sha256(data).hexdigest()
+    """Return the OCI digest string ``sha256:<hex>`` of ``data``.
+
+    Example::
+
+        >>> sha256_digest(b"")
+        'sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855'
+    """
+    return spec.digest_of(data)
 
 
 def chain_id(diff_ids: list[str] | tuple[str, ...]) -> str:
-    """OCI ChainID: ``chain(L0) = diff0``; ``chain(Ln) = sha256(chain(Ln-1) + " " + diffn)``."""
+    """OCI ChainID: ``chain(L0) = diff0``; ``chain(Ln) = sha256(chain(Ln-1) + " " + diffn)``.
+
+    Raises ValueError for no layers (``crishim.oci.spec.chain_id`` answers
+    an empty string there).
+
+    Example::
+
+        >>> one = "sha256:" + "1" * 64
+        >>> chain_id([one]) == one
+        True
+        >>> chain_id([one, one]) == sha256_digest(f"{one} {one}".encode())
+        True
+    """
     if not diff_ids:
         raise ValueError("chain_id needs at least one diff_id")
-    current = diff_ids[0]
-    for diff_id in diff_ids[1:]:
-        current = sha256_digest(f"{current} {diff_id}".encode("ascii"))
-    return current
+    return spec.chain_id(diff_ids)
 
 
 def _fsync_dir(path: pathlib.Path) -> None:
@@ -255,7 +287,12 @@ class File:
 
     A plain ``bytes``/``str`` value is the same as ``File(value, mode=0o644)``
     and gives the same tar bytes. ``str`` content is UTF-8 encoded. Owner is
-    always 0:0 and mtime 0, as for every entry.
+    always 0:0 and mtime 0, as for every entry. Raises TypeError or
+    ValueError for other content or a mode outside ``0o0..0o7777``.
+
+    Example::
+
+        builder.image(files={"usr/bin/tool": File(b"#!/bin/sh", mode=0o755)})
     """
 
     content: bytes | str
@@ -273,6 +310,10 @@ class Symlink:
     """A symbolic link in a layer pointing at ``target`` (relative or absolute).
 
     The target is stored as given and never checked against the layer.
+
+    Example::
+
+        builder.image(files={"bin/busybox": File(busybox, 0o755), "bin/sh": Symlink("busybox")})
     """
 
     target: str
@@ -290,7 +331,14 @@ LayerFiles = Mapping[str, LayerEntry]
 
 @dataclass(frozen=True)
 class Descriptor:
-    """An OCI content descriptor."""
+    """An OCI content descriptor.
+
+    Example::
+
+        >>> d = Descriptor(OCI_CONFIG, sha256_digest(b"{}"), 2)
+        >>> d.to_json()["size"], d.hex[:12]
+        (2, '44136fa355b3')
+    """
 
     media_type: str
     digest: str
@@ -319,7 +367,17 @@ class Descriptor:
 
 @dataclass(frozen=True)
 class BuiltImage:
-    """One single-platform image written into a layout."""
+    """One single-platform image written into a layout.
+
+    What :meth:`LayoutBuilder.image` returns: its descriptors and JSON, and
+    what the CRI must report for it (``id``, ``size``).
+
+    Example::
+
+        image = builder.image(user="1000", name="app")
+        expected = ExpectedImage(id=image.id, size=image.size, user="1000")
+        digest_name = f"example.com/app@{image.manifest.digest}"
+    """
 
     manifest: Descriptor
     config: Descriptor
@@ -334,7 +392,7 @@ class BuiltImage:
 
     @property
     def size(self) -> int:
-        """Manifest + config + compressed layer sizes (what crishim reports as Image.size)."""
+        """Manifest + config + compressed layer sizes (crishim's rule for Image.size)."""
         return self.manifest.size + self.config.size + sum(layer.size for layer in self.layers)
 
     @property
@@ -359,7 +417,18 @@ class BuiltImage:
 
 @dataclass(frozen=True)
 class BuiltArtifact:
-    """An OCI artifact (an image manifest that is not a container image) in a layout."""
+    """An OCI artifact (an image manifest that is not a container image) in a layout.
+
+    What :meth:`LayoutBuilder.artifact` returns; its ``id`` and ``size`` are
+    what crishim reports for it.
+
+    Example::
+
+        chart = builder.artifact({"chart.tgz": b"..."}, artifact_type="application/vnd.cncf.helm")
+        name = "example.com/charts/app:1.0"
+        builder.tag(chart, name)
+        expected = ExpectedImage(id=chart.id, repo_tags=[name], size=chart.size)
+    """
 
     manifest: Descriptor
     config: Descriptor
@@ -381,7 +450,15 @@ class BuiltArtifact:
 
 @dataclass(frozen=True)
 class BuiltIndex:
-    """An image index (or Docker manifest list) written into a layout."""
+    """An image index (or Docker manifest list) written into a layout.
+
+    Example::
+
+        images = [builder.image(architecture="amd64"), builder.image(architecture="arm64")]
+        multi = builder.index(images)
+        builder.tag(multi, "example.com/multi:1")
+        digest_name = f"example.com/multi@{multi.descriptor.digest}"  # the index's digest
+    """
 
     descriptor: Descriptor
     images: tuple[BuiltImage, ...]
@@ -397,7 +474,16 @@ class LayoutBuilder:
     Blobs are written as soon as they are created (idempotently); ``index.json``
     and ``oci-layout`` are written by :meth:`write`.  ``docker_media_types``
     selects Docker schema-2 media types by default; ``image()``, ``layer()``
-    and ``index()`` accept ``docker=`` to override it per call.
+    and ``index()`` accept ``docker=`` to override it per call. Without
+    :meth:`write` the builder fills a plain content store: ``blobs/`` only.
+
+    Example::
+
+        builder = LayoutBuilder(tmp_path / "layout")
+        app = builder.image(files={"etc/app.conf": "x = 1"}, user="1000", name="app")
+        builder.tag(app, "example.com/app:1.0")  # an index.json entry, ref.name annotation
+        builder.tag(app, "example.com/app:1.0", key=CONTAINERD_NAME)  # as containerd names it
+        root = builder.write()
     """
 
     def __init__(self, root: str | os.PathLike[str], *, docker_media_types: bool = False) -> None:
@@ -409,6 +495,7 @@ class LayoutBuilder:
 
     @property
     def blobs_dir(self) -> pathlib.Path:
+        """``root/blobs/sha256``."""
         return self.root / "blobs" / "sha256"
 
     def blob_path(self, digest: str) -> pathlib.Path:
@@ -643,5 +730,14 @@ class LayoutBuilder:
 
 
 def write_json_blob(builder: LayoutBuilder, obj: object, media_type: str) -> Descriptor:
-    """Store ``canonical_json(obj)`` as a blob of ``builder`` and return its descriptor."""
+    """Store ``canonical_json(obj)`` as a blob of ``builder`` and return its descriptor.
+
+    For documents the builder does not make itself (a config with odd
+    fields, a manifest of another kind).
+
+    Example::
+
+        config = write_json_blob(builder, {"architecture": "amd64", "os": "linux"}, OCI_CONFIG)
+        builder.add_raw_entry(config.to_json())  # a broken entry: not a manifest
+    """
     return builder.blob(canonical_json(obj), media_type)

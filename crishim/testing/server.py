@@ -29,10 +29,33 @@ from crishim.container import Application, make_application
 from crishim.cri.runtime.v1 import api_pb2, api_pb2_grpc
 from crishim.server import Server
 
+__all__ = ["RunningShim", "running_server", "short_tempdir"]
+
 
 @dataclass
 class RunningShim:
-    """A started server and client stubs connected to it."""
+    """A started server and client stubs connected to it.
+
+    ``images`` is the generated CRI client (``crishim.cri.runtime.v1``
+    ``ImageServiceStub``) on the server's socket, for any call; the methods
+    below are the common ones, each with a 30 s deadline, raising
+    ``grpc.RpcError`` on a non-OK status (``exc.code()``,
+    ``exc.details()``). ``catalog`` is the server's catalog: its
+    ``backends`` hold the backend objects, for checks from inside.
+
+    Example::
+
+        import grpc
+
+        with running_server(config) as shim:
+            image = shim.status("example.com/app:1.0").image
+            assert image.uid.value == 1000
+            assert [i.id for i in shim.list("example.com/app:1.0")] == [image.id]
+            try:
+                shim.remove("example.com/app:1.0")
+            except grpc.RpcError as exc:
+                assert exc.code() is grpc.StatusCode.FAILED_PRECONDITION
+    """
 
     app: Application
     server: Server
@@ -48,16 +71,19 @@ class RunningShim:
         return cast(api_pb2.ImageStatusResponse, self.images.ImageStatus(request, timeout=30))
 
     def list(self, ref: str = "") -> list[api_pb2.Image]:
+        """ListImages, with ``ref`` as the filter when given."""
         request = api_pb2.ListImagesRequest()
         if ref:
             request.filter.image.image = ref
         return list(self.images.ListImages(request, timeout=30).images)
 
     def remove(self, ref: str) -> api_pb2.RemoveImageResponse:
+        """RemoveImage of ``ref``; an absent image is OK, as the CRI says."""
         request = api_pb2.RemoveImageRequest(image=api_pb2.ImageSpec(image=ref))
         return cast(api_pb2.RemoveImageResponse, self.images.RemoveImage(request, timeout=30))
 
     def fsinfo(self) -> api_pb2.ImageFsInfoResponse:
+        """ImageFsInfo: ``image_filesystems`` has one entry per mountpoint."""
         response = self.images.ImageFsInfo(api_pb2.ImageFsInfoRequest(), timeout=30)
         return cast(api_pb2.ImageFsInfoResponse, response)
 
@@ -71,8 +97,20 @@ _MAX_SOCKET_PATH = 107
 def short_tempdir(prefix: str = "crishim-") -> Path:
     """A new directory whose path is short enough for unix sockets inside it.
 
-    It is made under ``TMPDIR`` (Python's temp dir) when that leaves room for
-    a socket path, else under ``/tmp``. The caller removes it.
+    A socket path is limited to 107 bytes, which pytest's ``tmp_path`` can
+    exceed. The directory is made under ``TMPDIR`` (Python's temp dir) when
+    that leaves room for a socket path, else under ``/tmp``. The caller
+    removes it (``shutil.rmtree``).
+
+    Example::
+
+        import shutil
+
+        root = short_tempdir()
+        try:
+            start_my_daemon(socket=root / "daemon.sock")
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
     """
     base = tempfile.gettempdir()
     if len(os.fsencode(base)) + len(prefix) + _SOCKET_ROOM > _MAX_SOCKET_PATH:
@@ -89,15 +127,42 @@ def running_server(
     grace: float = 1.0,
     overrides: Mapping[str, object] | None = None,
 ) -> Iterator[RunningShim]:
-    """Build crishim from a config mapping, serve it, yield client stubs.
+    """Build crishim from a config mapping, serve it, yield a :class:`RunningShim`.
 
-    ``server.listen`` is replaced by a fresh temporary socket. Plugins from
-    ``extra_plugins`` are registered next to the installed ones (useful for
-    a plugin under test that is not installed). ``overrides`` replaces
-    container providers by name with fixed objects, e.g.
-    ``{"span_exporter": InMemorySpanExporter()}``. On exit the server
-    stops, the catalog closes and the container's resources shut down
-    (spans and metrics still held are exported).
+    * ``config``: what a config file holds, as a mapping (``backends``,
+      ``filters``, ``platform``, ...), validated as a file would be.
+      ``server.listen`` is replaced by a fresh socket in a temporary
+      directory; ``state_dir`` defaults to one there too.
+    * ``base_dir``: where relative paths in the config resolve (the
+      directory a config file would be in); default: the current directory.
+    * ``extra_plugins``: ``(name, plugin)`` pairs registered next to the
+      installed plugins, for a plugin under test that is not installed
+      (a module, or an object whose methods are hook implementations).
+    * ``grace``: seconds in-flight calls get when the server stops.
+    * ``overrides``: container providers replaced by name with fixed
+      objects, e.g. ``{"span_exporter": InMemorySpanExporter()}``.
+
+    Every backend's ``start`` has run when the stubs are yielded. On exit
+    the server stops, the catalog closes (every backend's ``close``), the
+    container's resources shut down (spans and metrics still held are
+    exported) and the temporary directory is removed.
+
+    Raises, before yielding: :class:`crishim.config.ConfigError` for an
+    invalid config or options (its message names the key, e.g.
+    ``backends[0].options.path: required key is missing``) or an unknown
+    type; :class:`crishim.manager.PluginError` when plugins contradict
+    each other, or one fails to load under ``plugins.strict``; whatever a
+    backend's ``start`` raises (:class:`crishim.errors.BackendError` by
+    convention); ``grpc.FutureTimeoutError`` if the server does not answer
+    within 10 s.
+
+    Example::
+
+        from crishim.testing.server import running_server
+
+        config = {"backends": [{"name": "mine", "type": "my-type", "options": {"path": "data"}}]}
+        with running_server(config, base_dir=tmp_path, extra_plugins=[("mine", my_plugin)]) as shim:
+            assert shim.status("example.com/app:1.0").HasField("image")
     """
     sockdir = short_tempdir()
     try:
