@@ -28,6 +28,7 @@ STOPPING at a stop, with a status line (:mod:`crishim.notify`).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import platform
@@ -142,7 +143,14 @@ def _exit_now(code: int) -> None:
 
 
 class _Signals:
-    """SIGTERM/SIGINT ask for a stop, SIGHUP for a reload; the main loop acts."""
+    """SIGTERM/SIGINT ask for a stop, SIGHUP for a reload; the main loop acts.
+
+    The handlers only set events (a second stop signal exits at once,
+    writing its line without a lock): a handler runs in the main thread
+    wherever it was interrupted, possibly inside the logging module or a
+    thread start, so it takes no lock it could already hold. A watcher
+    thread logs the stop and calls ``on_stop`` (which arms the stop bound).
+    """
 
     def __init__(self, on_stop: Callable[[str], None]) -> None:
         self.stop = threading.Event()
@@ -151,6 +159,8 @@ class _Signals:
         self.stop_reason = ""
         self._on_stop = on_stop
         self._previous: dict[int, Any] = {}
+        self._restored = False
+        self._wake_watcher = threading.Event()
 
     def install(self) -> None:
         for sig, handler in (
@@ -159,25 +169,45 @@ class _Signals:
             (signal.SIGHUP, self._reload),
         ):
             self._previous[sig] = signal.signal(sig, handler)
+        threading.Thread(target=self._watch, name="crishim-stop-watch", daemon=True).start()
 
     def restore(self) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
+        self._restored = True
+        self._wake_watcher.set()
 
     def _stop(self, signum: int, frame: FrameType | None) -> None:
         name = signal.Signals(signum).name
         if self.stop.is_set():
-            log.warning("received %s again: exiting now", name)
-            _exit_now(EXIT_FORCED)
-        log.info("received %s: stopping", name)
+            _say_unlocked(logging.WARNING, f"received {name} again: exiting now")
+            os._exit(EXIT_FORCED)
         self.stop_reason = name
         self.stop.set()
         self.wake.set()
-        self._on_stop(name)
+        self._wake_watcher.set()
 
     def _reload(self, signum: int, frame: FrameType | None) -> None:
         self.reload.set()
         self.wake.set()
+
+    def _watch(self) -> None:
+        self._wake_watcher.wait()
+        if self.stop.is_set():
+            log.info("received %s: stopping", self.stop_reason)
+            self._on_stop(self.stop_reason)
+
+
+def _say_unlocked(level: int, message: str) -> None:
+    """One log line written straight to stderr, formatted as the log's lines are
+    but taking no lock (for signal handlers)."""
+    record = log.makeRecord(log.name, level, __file__, 0, message, (), None)
+    formatter = next(
+        (h.formatter for h in logging.getLogger().handlers if h.formatter is not None), None
+    )
+    text = (formatter or logging.Formatter()).format(record)
+    with contextlib.suppress(OSError):
+        os.write(2, text.encode(errors="replace") + b"\n")
 
 
 def reloadable(running: Settings, new: Settings, *, say: bool = True) -> Settings:
@@ -250,6 +280,7 @@ class Daemon:
         self.signals = _Signals(self._arm_stop_timer)
         self.grace = 10.0
         self._timer: threading.Timer | None = None
+        self._timer_lock = threading.Lock()
         self._stop_deadline: float | None = None
         self._retiring: list[threading.Thread] = []
         self._retired: list[Generation] = []
@@ -257,8 +288,12 @@ class Daemon:
     # -- the stop bound --------------------------------------------------
 
     def _arm_stop_timer(self, reason: str) -> None:
-        if self._timer is not None:
-            return
+        with self._timer_lock:
+            if self._timer is not None:
+                return
+            self._arm(reason)
+
+    def _arm(self, reason: str) -> None:
         budget = self.grace + STOP_MARGIN
         self._stop_deadline = time.monotonic() + budget
         self._timer = threading.Timer(budget, self._force_exit, args=(reason, budget))

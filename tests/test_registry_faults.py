@@ -29,6 +29,7 @@ from registry.helpers import (
     plain_endpoint,
     pull,
     pull_error,
+    wait_until,
 )
 from registry.images import RegistryImages
 from registry.proxy import TamperingProxy
@@ -200,6 +201,9 @@ def test_cancelled_pull_stops_and_keeps_nothing(
     with pytest.raises(grpc.FutureCancelledError):
         call.result(timeout=10)
     assert clean_proxy.wait_idle(10), "the server kept downloading after the cancel"
+    # the slot is free at once; the backend's pull ends on its own thread when it
+    # next looks at the cancel, removing its partial file then: wait for that
+    wait_until(lambda: ingest_files(store) == [], "the partial download to be removed")
     assert_nothing_kept(store, shim)
 
 
