@@ -192,11 +192,13 @@ def test_signal_lets_in_flight_calls_finish_then_removes_the_socket(
         in_flight.join(timeout=30)
         assert len(results) == 1, "the in-flight call was answered"
         assert not results[0].HasField("image")  # type: ignore[attr-defined]
-        assert proc.wait(timeout=30) == 0
+        # drain both pipes while it stops: a full pipe would block its exit
+        _, stderr = proc.communicate(timeout=30)
+        assert proc.returncode == 0, stderr
     finally:
-        if proc.poll() is None:
+        if proc.poll() is None or (proc.stderr is not None and not proc.stderr.closed):
             proc.kill()
-        _, stderr = proc.communicate()
+            _, stderr = proc.communicate()
     assert not sock.exists()
     assert "stopped" in stderr
     with pytest.raises(grpc.RpcError) as info:

@@ -150,11 +150,13 @@ def test_crishim_serve_flushes_on_sigterm(
             metadata = [("traceparent", f"00-{TRACE_ID}-{PARENT_ID}-01")]
             assert stub.ImageStatus(request, timeout=10, metadata=metadata).HasField("image")
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=60) == 0
+        # drain both pipes while it stops: a full pipe would block its exit
+        _, stderr = proc.communicate(timeout=60)
+        assert proc.returncode == 0, stderr
     finally:
-        if proc.poll() is None:
+        if proc.poll() is None or (proc.stderr is not None and not proc.stderr.closed):
             proc.kill()
-        _, stderr = proc.communicate()
+            _, stderr = proc.communicate()
         sockdir.rmdir() if sockdir.exists() and not any(sockdir.iterdir()) else None
     assert "tracing: on:" in stderr
     servers = [s for s in receiver.spans() if s.kind == SPAN_KIND_SERVER]
