@@ -211,7 +211,7 @@ def health_command(config_path: str, listen: str | None, timeout: float) -> None
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    from crishim.server import SERVICE_NAME
+    from crishim.cri_messages import IMAGE_SERVICE
 
     if listen is None:
         path = _load(config_path).socket_path
@@ -224,7 +224,7 @@ def health_command(config_path: str, listen: str | None, timeout: float) -> None
     with grpc.insecure_channel(f"unix:{path}") as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         try:
-            reply = stub.Check(health_pb2.HealthCheckRequest(service=SERVICE_NAME), timeout=timeout)
+            reply = stub.Check(health_pb2.HealthCheckRequest(service=IMAGE_SERVICE), timeout=timeout)
         except grpc.RpcError as exc:
             click.echo(f"{address}: {exc.code().name}: {exc.details()}")
             sys.exit(EXIT_RUNTIME)

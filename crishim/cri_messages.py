@@ -1,4 +1,5 @@
-"""The domain model from CRI messages, for backends that ask another CRI image service.
+"""What crishim takes from the CRI's generated code: the service's name, and the
+domain model from CRI messages, for backends that ask another CRI image service.
 
 The ``cri`` backend (any CRI runtime) and the ``containerd`` backend
 (containerd's own CRI, for ImageFsInfo) read CRI answers upstream; what they
@@ -12,6 +13,11 @@ from collections.abc import Iterable
 
 from crishim.cri.runtime.v1 import api_pb2
 from crishim.model import FilesystemUsage
+
+#: ``runtime.v1.ImageService``: the service crishim serves, named once, as
+#: the generated descriptor has it (the gRPC method paths, the health
+#: service's name, span and metric names all start from it).
+IMAGE_SERVICE: str = api_pb2.DESCRIPTOR.services_by_name["ImageService"].full_name
 
 
 def filesystem_usages(

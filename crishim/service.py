@@ -24,8 +24,8 @@ from google.protobuf.message import DecodeError, Message
 
 from crishim import errors, reference, tracing
 from crishim.cri.runtime.v1 import api_pb2, api_pb2_grpc
-from crishim.model import Answer, FilesystemUsage
-from crishim.oci.layout import chain_id
+from crishim.cri_messages import IMAGE_SERVICE
+from crishim.model import Answer, FilesystemUsage, chain_id_of
 from crishim.pulls import PullBoard, PullState
 from crishim.reference import Reference
 from crishim.types import PodContext, PullAuth, PullRequest
@@ -203,28 +203,16 @@ def add_image_service(servicer: ImageService, server: grpc.Server) -> None:
         )
         for name, (make, request) in methods.items()
     }
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
-    server.add_registered_method_handlers(SERVICE, handlers)
-
-
-SERVICE = "runtime.v1.ImageService"
-
-
-def _chain_id_of(spec: dict[str, Any]) -> str:
-    rootfs = spec.get("rootfs")
-    diff_ids = rootfs.get("diff_ids") if isinstance(rootfs, dict) else None
-    if not isinstance(diff_ids, list):
-        return ""
-    return chain_id([d for d in diff_ids if isinstance(d, str)])
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(IMAGE_SERVICE, handlers),))
+    server.add_registered_method_handlers(IMAGE_SERVICE, handlers)
 
 
 def verbose_info(answer: Answer) -> dict[str, str]:
     """``ImageStatusResponse.info`` for verbose calls: one JSON object under "info"."""
     record = answer.record
-    spec = record.image_spec
     info: dict[str, Any] = {
-        "imageSpec": spec,
-        "chainID": record.chain_id or _chain_id_of(spec),
+        "imageSpec": record.image_spec,
+        "chainID": chain_id_of(record),
         "backend": answer.backend,
         "runtimeHandler": answer.runtime_handler,
         "source": record.source,
