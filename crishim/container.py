@@ -34,7 +34,7 @@ from dependency_injector import containers, providers
 
 from crishim import config as config_mod
 from crishim import metrics, tracing
-from crishim.catalog import Catalog, PinnedPolicy
+from crishim.catalog import Catalog
 from crishim.config import ConfigError, Settings
 from crishim.instances import (
     build_backends,
@@ -45,6 +45,7 @@ from crishim.instances import (
 )
 from crishim.live import LiveCatalog
 from crishim.manager import load_plugins
+from crishim.pinning import PinnedPolicy
 from crishim.pulls import PullBoard
 from crishim.server import Server
 from crishim.service import ImageService

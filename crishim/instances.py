@@ -19,7 +19,7 @@ from opentelemetry import trace
 from pydantic import ValidationError
 
 from crishim import config as config_mod
-from crishim.catalog import BackendHandle, FilterHandle, PinnedPolicy
+from crishim.backend_calls import BackendHandle
 from crishim.config import (
     BackendSettings,
     ConfigError,
@@ -28,7 +28,9 @@ from crishim.config import (
     PullPolicySettings,
     Settings,
 )
+from crishim.filtering import FilterHandle
 from crishim.manager import PluginError, PluginManager, load_plugins
+from crishim.pinning import PinnedPolicy
 from crishim.policies import PolicyChain, PolicyHandle
 from crishim.pulls import PullBoard
 from crishim.status import StatusEndpoint
