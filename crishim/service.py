@@ -258,6 +258,8 @@ class ImageService(api_pb2_grpc.ImageServiceServicer):
         answer = self.catalog.route(request.image.runtime_handler).image_status(ref)
         tracing.note_answer(ref, answer)
         if answer is None:
+            # the CRI's rule: an absent (or hidden) image is OK with ``image``
+            # unset, never NOT_FOUND; RemoveImage of one is OK too
             return EMPTY_STATUS
         user_specified = _echoed(request.image)
         if not request.verbose and not user_specified:
