@@ -1,31 +1,26 @@
-"""The one place that calls backends: ordering, first answer, merging.
+"""The one place that calls backends: routing, ordering, first answer, merging.
 
-The catalog asks backends in the configured order; the first that knows an
-image answers, and its answer is completed with the names other backends
-give the same image ID. A backend that raises costs its own answer: the
-error is logged with the backend's name and the next backend is asked. A
-backend with a ``timeout`` is called on its own bounded worker pool and
-given up on past it; the others are called directly.
-
-Filters judge every record a backend returns, in the configured order; a
-hidden record is absent for ImageStatus and RemoveImage and left out of
-lists unless its verdict says ``listed``. The verdict is computed once per
-record and kept with it; with no filters configured nothing is judged.
-
-Pull policies (:mod:`crishim.policies`) judge every pull before the
-pulling backend is asked, and again once the pull has resolved its image.
+A call is routed by runtime handler, then the handler's backends are asked
+in the configured order: the first that knows an image answers, and its
+answer is completed with the names other backends give the same image ID;
+ListImages merges by image ID. How one backend is called (a fault costs its
+own answer, shapes, timeouts, spans) is :mod:`crishim.backend_calls`'s;
+filters are :mod:`crishim.filtering`'s (a hidden record is absent for
+ImageStatus and RemoveImage, left out of lists unless ``listed``), pins
+:mod:`crishim.pinning`'s, and pull policies :mod:`crishim.policies`'s (asked
+before the pulling backend, and again once the pull has resolved its image).
 """
 
 from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Sequence
+from dataclasses import replace
 from operator import methodcaller
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
-from crishim import logs
+from crishim.backend_calls import BackendCalls, BackendHandle, shape_of
 from crishim.errors import (
     AmbiguousReference,
     BackendError,
@@ -33,23 +28,25 @@ from crishim.errors import (
     InvalidRequest,
     NotSupported,
 )
+from crishim.filtering import FilterChain, FilterHandle
 from crishim.index import merge_records
 from crishim.model import Answer, FilesystemUsage, ImageRecord
+from crishim.pinning import PinnedPolicy
 from crishim.policies import PolicyChain, image_of_record
 from crishim.reference import Reference, RefKind
 from crishim.timed import BackendBusy, BackendTimeout, TimedCaller
-from crishim.types import (
-    VISIBLE,
-    Backend,
-    Filter,
-    HandlerAware,
-    Puller,
-    PullRequest,
-    ResolvedImage,
-    Verdict,
-)
+from crishim.types import HandlerAware, Puller, PullRequest, ResolvedImage
 
-__all__ = ["BackendBusy", "BackendHandle", "BackendTimeout", "Catalog", "TimedCaller"]
+__all__ = [
+    "BackendBusy",
+    "BackendHandle",
+    "BackendTimeout",
+    "Catalog",
+    "FilterChain",
+    "FilterHandle",
+    "PinnedPolicy",
+    "TimedCaller",
+]
 
 if TYPE_CHECKING:
     from crishim.tracing import PluginTelemetry
@@ -58,127 +55,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-def _records(value: object) -> bool:
-    return isinstance(value, list) and all(isinstance(r, ImageRecord) for r in value)
-
-
-#: What each Backend call must answer; anything else costs the backend's answer.
-_SHAPES: dict[str, Callable[[Any], bool]] = {
-    "get_image": lambda r: r is None or isinstance(r, ImageRecord),
-    "match_id_prefix": lambda r: isinstance(r, list | tuple) and all(isinstance(i, str) for i in r),
-    "list_images": _records,
-    "filesystem_usage": lambda r: (
-        isinstance(r, list) and all(isinstance(u, FilesystemUsage) for u in r)
-    ),
-}
-
-
-def _shape_of(value: object) -> str:
-    if isinstance(value, list | tuple) and value:
-        return f"a {type(value).__name__} holding {type(value[0]).__name__}"
-    return f"a {type(value).__name__}"
-
-
-@dataclass(frozen=True)
-class BackendHandle:
-    """A configured backend instance: its config name, its type, the object."""
-
-    name: str
-    type: str
-    backend: Backend
-    #: Seconds a call may take (lookups, lists, usage); None: called directly.
-    timeout: float | None = None
-    #: The CRI runtime handlers the backend serves (``""``: the default one).
-    runtime_handlers: tuple[str, ...] = ("",)
-
-
-@dataclass(frozen=True)
-class FilterHandle:
-    """A configured filter instance: its config name, its type, the object."""
-
-    name: str
-    type: str
-    filter: Filter
-
-
-class FilterChain:
-    """The configured filters, in order; one verdict per record, kept with it.
-
-    Records are immutable, so a record is judged the first time it is seen
-    and the verdict stored in ``record.cache`` under a key private to this
-    chain. The first filter that hides a record decides. A filter that
-    raises (or returns something else than a Verdict) hides the record: it
-    could not be shown to be fit for the CRI; the error is logged once.
-    """
-
-    def __init__(
-        self, filters: Sequence[FilterHandle], telemetry: PluginTelemetry | None = None
-    ) -> None:
-        self.filters = tuple(filters)
-        self.telemetry = telemetry
-        self._key = object()
-
-    def verdict(self, record: ImageRecord) -> Verdict:
-        verdict: Verdict | None = record.cache.get(self._key)
-        if verdict is None:
-            verdict = record.cache[self._key] = self._judge(record)
-        return verdict
-
-    def hides(self, record: ImageRecord, backend: str, asked: object) -> bool:
-        """True when ``record`` is hidden; says why at debug level."""
-        verdict: Verdict | None = record.cache.get(self._key)
-        if verdict is None:
-            verdict = self.verdict(record)
-        if verdict.hidden:
-            logs.note_hidden(verdict.filter)
-            log.debug(
-                "image %s (asked as %s) from backend %s is hidden by filter %s: %s",
-                record.id,
-                asked,
-                backend,
-                verdict.filter,
-                verdict.reason,
-            )
-        return verdict.hidden
-
-    def _judge(self, record: ImageRecord) -> Verdict:
-        for handle in self.filters:
-            check: Callable[[ImageRecord], Verdict] = handle.filter.check
-            if self.telemetry is not None:
-                check = self.telemetry.wrap(handle.name, handle.type, "check", check, kind="filter")
-            try:
-                verdict = check(record)
-                if not isinstance(verdict, Verdict):
-                    raise TypeError(f"check returned {type(verdict).__name__}, not a Verdict")
-            except Exception as exc:
-                log.exception(
-                    "filter %s failed on image %s; hiding the image", handle.name, record.id
-                )
-                return Verdict(True, f"filter {handle.name} failed: {exc!r}", filter=handle.name)
-            if verdict.hidden:
-                return replace(verdict, filter=handle.name)
-        return VISIBLE
-
-
-class PinnedPolicy:
-    """Decides ``Image.pinned`` from exact names and ``prefix*`` patterns."""
-
-    def __init__(self, patterns: Iterable[str] = ()) -> None:
-        self.exact = frozenset(p for p in patterns if not p.endswith("*"))
-        self.prefixes = tuple(p[:-1] for p in patterns if p.endswith("*"))
-
-    def __bool__(self) -> bool:
-        return bool(self.exact or self.prefixes)
-
-    def is_pinned(self, record: ImageRecord) -> bool:
-        return self.matches((*record.repo_tags, *record.repo_digests))
-
-    def matches(self, names: Iterable[str]) -> bool:
-        """Whether any of these normalised names is pinned."""
-        return any(name in self.exact or name.startswith(self.prefixes) for name in names)
-
-
-class Catalog:
+class Catalog(BackendCalls):
     """Routes every CRI image call among the configured backends."""
 
     def __init__(
@@ -197,21 +74,12 @@ class Catalog:
         self._all = self.backends
         #: Backends whose start failed, with the reason; left out of routing.
         self.failed: dict[str, str] = {}
-        self._complaints: set[tuple[str, str, str]] = set()
+        super().__init__(self.backends, telemetry, fail_on_backend_error, timeout_workers)
         self.pinned = pinned or PinnedPolicy()
-        self.fail_on_backend_error = fail_on_backend_error
-        #: A child span and an outcome count per plugin call; None: neither (no cost).
-        self.telemetry = telemetry
         #: The filters, in order; None when there are none (nothing is judged).
         self.filters = FilterChain(filters, telemetry) if filters else None
         #: The pull policies; None when there are none (every pull is allowed).
         self.policies = policies if policies is not None and policies.policies else None
-        #: A bounded worker pool per backend with a ``timeout``.
-        self._timed = {
-            h.name: TimedCaller(h.name, h.timeout, timeout_workers)
-            for h in self.backends
-            if h.timeout is not None
-        }
         #: The runtime handler this catalog answers for: ``""`` here; a route
         #: (:meth:`route`) answers for its own.
         self.runtime_handler = ""
@@ -407,7 +275,7 @@ class Catalog:
         for handle in self.backends:
             records = self._call(handle, "list_images", lambda b: list(b.list_images()))
             for record in records or ():
-                if self.filters is not None and not self._listable(record, handle.name):
+                if self.filters is not None and not self.filters.listable(record, handle.name):
                     continue
                 seen = merged.get(record.id)
                 if seen is None:
@@ -473,7 +341,7 @@ class Catalog:
                 )
                 if not isinstance(record, ImageRecord):
                     raise BackendError(
-                        handle.name, f"pull_image answered {_shape_of(record)}, not an ImageRecord"
+                        handle.name, f"pull_image answered {shape_of(record)}, not an ImageRecord"
                     )
                 if policies is not None and policies.checks_images and not admitted:
                     # the backend's pull did not go through crishim's puller
@@ -565,81 +433,14 @@ class Catalog:
             record.cache[key] = answer
         return answer
 
-    def _call(self, handle: BackendHandle, what: str, fn: Callable[[Backend], T]) -> T | None:
-        if self.telemetry is not None:
-            fn = self.telemetry.wrap(handle.name, handle.type, what, fn)
-        try:
-            result = fn(handle.backend) if handle.timeout is None else self._timed_call(handle, fn)
-        except CrishimError:
-            raise
-        except Exception as exc:
-            if self.fail_on_backend_error:
-                raise BackendError(handle.name, f"{what} failed: {exc!r}") from exc
-            self._complain(handle, what, f"failed: {exc!r}", exc)
-            return None
-        if _SHAPES[what](result):
-            return result
-        # a wrong answer costs this backend's answer, never the call
-        problem = f"answered {_shape_of(result)}, not what {what} returns"
-        if self.fail_on_backend_error:
-            raise BackendError(handle.name, f"{what} {problem}")
-        self._complain(handle, what, problem)
-        return None
-
-    def _complain(
-        self, handle: BackendHandle, what: str, problem: str, exc: Exception | None = None
-    ) -> None:
-        """Log a backend's failure once per (backend, call, problem); then at debug level.
-
-        A backend failing on every call must not grow the log with every call.
-        """
-        key = (handle.name, what, problem)
-        first = key not in self._complaints
-        if first and len(self._complaints) < 1000:
-            self._complaints.add(key)
-        log.log(
-            logging.ERROR if first else logging.DEBUG,
-            "backend %s: %s %s; asking the next backend%s",
-            handle.name,
-            what,
-            problem,
-            "" if first else " (logged before)",
-            exc_info=exc if first else None,
-        )
-
-    def _timed_call(self, handle: BackendHandle, fn: Callable[[Backend], T]) -> T:
-        """``fn(handle.backend)`` on the backend's pool, waiting at most its timeout."""
-        return self._timed[handle.name].call(fn, handle.backend)
-
     def _hidden(self, record: ImageRecord, backend: str, asked: object) -> bool:
         return self.filters is not None and self.filters.hides(record, backend, asked)
-
-    def _listable(self, record: ImageRecord, backend: str) -> bool:
-        """Whether ListImages/StreamImages show ``record`` (filters configured)."""
-        assert self.filters is not None
-        verdict = self.filters.verdict(record)
-        if verdict.hidden and not verdict.listed:
-            log.debug(
-                "list: image %s from backend %s is hidden by filter %s: %s",
-                record.id,
-                backend,
-                verdict.filter,
-                verdict.reason,
-            )
-            return False
-        return True
 
     def _visible_in(self, handle: BackendHandle, image_id: str) -> bool:
         """Whether the backend's image of this ID passes the filters."""
         assert self.filters is not None
         record = self._call(handle, "get_image", lambda b: b.get_image(_id_ref(image_id)))
         return record is not None and not self.filters.verdict(record).hidden
-
-    def _traced(self, handle: BackendHandle, what: str, fn: Callable[[Backend], T]) -> T:
-        """``fn(handle.backend)`` in a plugin span; errors propagate (writes, pulls)."""
-        if self.telemetry is not None:
-            fn = self.telemetry.wrap(handle.name, handle.type, what, fn)
-        return fn(handle.backend)
 
 
 def _id_ref(image_id: str) -> Reference:

@@ -1,242 +1,72 @@
-"""Building the objects from one validated config: dependency-injector.
+"""Building the objects from one validated config (dependency-injector), and running them.
 
-pluggy finds the plugin *types*; this container builds the configured
+pluggy finds the plugin *types*; these containers build the configured
 *instances* (two ``oci-dir`` backends are two instances of one type), the
-catalog over them, the servicer and the server. Nothing outside this module
-imports dependency-injector; tests swap a provider with ``.override()``.
+catalog over them, the servicer and the server. Each small container owns
+one part, in the style of dependency-injector's multiple-containers
+application:
+
+* :class:`Core`: the settings, the plugins found, the pins;
+* :class:`Telemetry`: tracing and metrics (crishim.tracing, crishim.metrics),
+  all None when off;
+* :class:`Instances`: the backend, filter and pull policy instances
+  (:mod:`crishim.instances` builds them);
+* :class:`Routing`: the catalog over them, and the live catalog a reload swaps;
+* :class:`Serving`: the pull board, the servicer, the status endpoint, the server.
+
+:class:`Application` composes them and offers each provider under its own
+name too (``app.catalog()``, ``app.tracer_provider()``), which is how
+callers and ``running_server(overrides=...)`` name them. :func:`started`
+is the one place an application is started and stopped: the CLI's
+commands, ``crishim serve`` and :func:`crishim.testing.server.running_server`
+all go through it. Nothing outside this module and crishim.testing.server
+imports dependency-injector (tests/test_layering.py); tests swap a provider
+with ``.override()``.
 """
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Callable, Iterator, Mapping, Sequence
+import contextlib
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
 
 from dependency_injector import containers, providers
-from opentelemetry import trace
-from pydantic import ValidationError
 
 from crishim import config as config_mod
 from crishim import metrics, tracing
-from crishim.catalog import BackendHandle, Catalog, FilterHandle, PinnedPolicy
-from crishim.config import (
-    BackendSettings,
-    ConfigError,
-    FilterSettings,
-    PluginSettings,
-    PullPolicySettings,
-    Settings,
+from crishim.catalog import Catalog
+from crishim.config import ConfigError, Settings
+from crishim.instances import (
+    build_backends,
+    build_filters,
+    build_policies,
+    raw_option_problems,
+    status_endpoint,
 )
 from crishim.live import LiveCatalog
-from crishim.manager import PluginError, PluginManager, load_plugins
-from crishim.policies import PolicyChain, PolicyHandle
+from crishim.manager import load_plugins
+from crishim.pinning import PinnedPolicy
 from crishim.pulls import PullBoard
 from crishim.server import Server
 from crishim.service import ImageService
-from crishim.status import StatusEndpoint
-from crishim.types import (
-    Backend,
-    BackendContext,
-    BackendType,
-    FilterContext,
-    FilterType,
-    ImagePolicy,
-    PolicyContext,
-    PullPolicy,
-    PullPolicyType,
-)
 
-log = logging.getLogger(__name__)
-
-
-_Entry = TypeVar("_Entry", BackendSettings, FilterSettings, PullPolicySettings)
-_Kind = TypeVar("_Kind", BackendType, FilterType, PullPolicyType)
-
-#: What each config section's entries are, for messages.
-_WHAT = {"backends": "backend", "filters": "filter", "pull_policies": "pull policy"}
+__all__ = [
+    "SHARED_ON_RELOAD",
+    "Application",
+    "Started",
+    "build_backends",
+    "build_filters",
+    "build_policies",
+    "check_config",
+    "make_application",
+    "make_successor",
+    "release_catalog",
+    "started",
+]
 
 
-def _configured(
-    settings: Settings,
-    section: str,
-    entries: Sequence[_Entry],
-    types: Mapping[str, _Kind],
-    problems: list[tuple[str, str]],
-    validate: Callable[[int, _Kind], Any] | None = None,
-    hint: Callable[[str], str] | None = None,
-) -> Iterator[tuple[_Entry, _Kind, Any]]:
-    """(entry, its type, its validated options) for each enabled entry of a section.
-
-    An entry naming no installed type, or with invalid options, adds to
-    ``problems`` and is skipped, so one pass reports every entry's problems.
-    ``validate(i, type)`` replaces the config's own option check;
-    ``hint(type_name)`` says which plugin left out may offer an unknown type
-    (:meth:`crishim.manager.PluginManager.missing_type_hint`).
-    """
-    for i, entry in enumerate(entries):
-        if not entry.enabled:
-            continue
-        kind = types.get(entry.type)
-        if kind is None:
-            known = ", ".join(sorted(types)) or "none"
-            why = hint(entry.type) if hint is not None else ""
-            problems.append(
-                (
-                    f"{section}[{i}].type",
-                    f"unknown {_WHAT[section]} type {entry.type!r} (installed: {known})"
-                    + (f"; {why}" if why else ""),
-                )
-            )
-            continue
-        try:
-            if validate is not None:
-                options = validate(i, kind)
-            else:
-                options = config_mod.validate_options(settings, i, kind.options_model, section)
-        except ConfigError as exc:
-            problems.extend(exc.problems)
-            continue
-        yield entry, kind, options
-
-
-def build_backends(
-    settings: Settings,
-    plugins: PluginManager,
-    tracer_provider: trace.TracerProvider | None = None,
-    pinned: PinnedPolicy | None = None,
-) -> list[BackendHandle]:
-    """One instance per enabled ``backends[]`` entry, in config order."""
-    types = plugins.backend_types()
-    handles: list[BackendHandle] = []
-    problems: list[tuple[str, str]] = config_mod.handler_platform_problems(settings)
-    for entry, backend_type, options in _configured(
-        settings, "backends", settings.backends, types, problems, hint=plugins.missing_type_hint
-    ):
-        context = BackendContext(
-            name=entry.name,
-            platform=config_mod.backend_platform(settings, entry),
-            config_dir=settings.base_dir,
-            state_dir=settings.state_path / "backends" / entry.name,
-            tracer_provider=tracer_provider or trace.NoOpTracerProvider(),
-            is_pinned=(pinned or PinnedPolicy(settings.pinned)).matches,
-            runtime_handlers=tuple(entry.runtime_handlers),
-        )
-        backend: Backend = backend_type.factory(context, options)
-        handles.append(
-            BackendHandle(
-                entry.name,
-                entry.type,
-                backend,
-                timeout=entry.timeout,
-                runtime_handlers=context.runtime_handlers,
-            )
-        )
-    if problems:
-        raise ConfigError(settings.source, problems)
-    if not handles:
-        raise ConfigError(settings.source, [("backends", "every backend is disabled")])
-    if not any("" in h.runtime_handlers for h in handles):
-        log.warning(
-            "no backend serves the default runtime handler ''; calls that name no runtime "
-            "handler (every call of a kubelet without RuntimeClassInImageCriApi) are "
-            "INVALID_ARGUMENT"
-        )
-    return handles
-
-
-def build_filters(settings: Settings, plugins: PluginManager) -> list[FilterHandle]:
-    """One instance per enabled ``filters[]`` entry, in config order.
-
-    Without a ``filters`` key: the default chain, one instance of every
-    filter type that declares ``default_chain_options``, in name order.
-    ``filters: []`` means no filters.
-    """
-    types = plugins.filter_types()
-    default = settings.filters is None
-    if settings.filters is None:
-        entries = [
-            FilterSettings(name=t.name, type=t.name, options=dict(t.default_chain_options))
-            for t in sorted(types.values(), key=lambda t: t.name)
-            if t.default_chain_options is not None
-        ]
-        if entries:
-            log.debug("filters: the default chain: %s", ", ".join(e.name for e in entries))
-    else:
-        entries = settings.filters
-    handles: list[FilterHandle] = []
-    problems: list[tuple[str, str]] = []
-
-    def chain_options(i: int, filter_type: FilterType) -> Any:
-        try:
-            return filter_type.options_model.model_validate(entries[i].options)
-        except ValidationError as exc:
-            raise PluginError(
-                f"filter type {filter_type.name!r} ({filter_type.package or 'unknown package'}): "
-                f"its default_chain_options are invalid: {exc}"
-            ) from None
-
-    for entry, filter_type, options in _configured(
-        settings,
-        "filters",
-        entries,
-        types,
-        problems,
-        chain_options if default else None,
-        hint=plugins.missing_type_hint,
-    ):
-        context = FilterContext(name=entry.name, config_dir=settings.base_dir)
-        handles.append(FilterHandle(entry.name, entry.type, filter_type.factory(context, options)))
-    if problems:
-        raise ConfigError(settings.source, problems)
-    return handles
-
-
-def build_policies(
-    settings: Settings,
-    plugins: PluginManager,
-    telemetry: tracing.PluginTelemetry | None = None,
-    tracer_provider: trace.TracerProvider | None = None,
-) -> PolicyChain:
-    """One instance per enabled ``pull_policies[]`` entry, in config order."""
-    types = plugins.pull_policy_types()
-    handles: list[PolicyHandle] = []
-    problems: list[tuple[str, str]] = []
-    for entry, policy_type, options in _configured(
-        settings,
-        "pull_policies",
-        settings.pull_policies,
-        types,
-        problems,
-        hint=plugins.missing_type_hint,
-    ):
-        context = PolicyContext(
-            name=entry.name,
-            config_dir=settings.base_dir,
-            tracer_provider=tracer_provider or trace.NoOpTracerProvider(),
-        )
-        policy = policy_type.factory(context, options)
-        if not isinstance(policy, PullPolicy | ImagePolicy):
-            raise PluginError(
-                f"pull policy type {entry.type!r} ({policy_type.package or 'unknown package'}): "
-                f"its factory built a {type(policy).__name__}, which has neither "
-                "check_request nor check_image"
-            )
-        handles.append(PolicyHandle(entry.name, entry.type, policy, entry.timeout))
-    if problems:
-        raise ConfigError(settings.source, problems)
-    return PolicyChain(handles, telemetry, settings.server.workers)
-
-
-def status_endpoint(path: Path | None, board: PullBoard, mode: int) -> StatusEndpoint | None:
-    """The status endpoint over the pull board, or None when it is turned off."""
-    if path is None:
-        return None
-    return StatusEndpoint(path, {"/pulls": board.snapshot}, mode)
-
-
-class Application(containers.DeclarativeContainer):
-    """The whole shim, wired from ``settings``."""
+class Core(containers.DeclarativeContainer):
+    """The settings, the plugins they load, the pins they name."""
 
     settings = providers.Dependency(instance_of=Settings)
 
@@ -245,8 +75,14 @@ class Application(containers.DeclarativeContainer):
         disabled=settings.provided.plugins.disabled,
         strict=settings.provided.plugins.strict,
     )
+    pinned = providers.ThreadSafeSingleton(PinnedPolicy, settings.provided.pinned)
 
-    # -- telemetry (crishim.tracing, crishim.metrics): all None when off --
+
+class Telemetry(containers.DeclarativeContainer):
+    """Traces and metrics; every provider gives None when they are off."""
+
+    settings = providers.Dependency(instance_of=Settings)
+
     tracing_setup = providers.ThreadSafeSingleton(
         tracing.resolve_tracing, settings.provided.tracing
     )
@@ -283,63 +119,81 @@ class Application(containers.DeclarativeContainer):
         providers.Callable(metrics.rpc_metrics_interceptor, meter_provider, prometheus),
     )
 
-    pinned = providers.ThreadSafeSingleton(PinnedPolicy, settings.provided.pinned)
+
+class Instances(containers.DeclarativeContainer):
+    """The configured instances, in config order (built, not started)."""
+
+    core = providers.DependenciesContainer()
+    telemetry = providers.DependenciesContainer()
 
     backends = providers.ThreadSafeSingleton(
         build_backends,
-        settings=settings,
-        plugins=plugins,
-        tracer_provider=tracer_provider,
-        pinned=pinned,
+        settings=core.settings,
+        plugins=core.plugins,
+        tracer_provider=telemetry.tracer_provider,
+        pinned=core.pinned,
     )
-
-    filters = providers.ThreadSafeSingleton(build_filters, settings=settings, plugins=plugins)
-
+    filters = providers.ThreadSafeSingleton(
+        build_filters, settings=core.settings, plugins=core.plugins
+    )
     policies = providers.ThreadSafeSingleton(
         build_policies,
-        settings=settings,
-        plugins=plugins,
-        telemetry=plugin_telemetry,
-        tracer_provider=tracer_provider,
+        settings=core.settings,
+        plugins=core.plugins,
+        telemetry=telemetry.plugin_telemetry,
+        tracer_provider=telemetry.tracer_provider,
     )
+
+
+class Routing(containers.DeclarativeContainer):
+    """The catalog over the instances, and the live catalog the servicer asks."""
+
+    core = providers.DependenciesContainer()
+    telemetry = providers.DependenciesContainer()
+    instances = providers.DependenciesContainer()
 
     catalog = providers.ThreadSafeSingleton(
         Catalog,
-        backends=backends,
-        pinned=pinned,
-        telemetry=plugin_telemetry,
-        filters=filters,
-        policies=policies,
-        fail_on_backend_error=settings.provided.fail_on_backend_error,
-        timeout_workers=settings.provided.server.workers,
+        backends=instances.backends,
+        pinned=core.pinned,
+        telemetry=telemetry.plugin_telemetry,
+        filters=instances.filters,
+        policies=instances.policies,
+        fail_on_backend_error=core.settings.provided.fail_on_backend_error,
+        timeout_workers=core.settings.provided.server.workers,
     )
+    #: what the service asks: ``catalog``, until a reload swaps in another
+    live_catalog = providers.ThreadSafeSingleton(LiveCatalog, catalog)
+
+
+class Serving(containers.DeclarativeContainer):
+    """The pull board, the servicer, the status endpoint and the gRPC server."""
+
+    settings = providers.Dependency(instance_of=Settings)
+    telemetry = providers.DependenciesContainer()
+    routing = providers.DependenciesContainer()
 
     board = providers.ThreadSafeSingleton(
         PullBoard,
         running=settings.provided.server.max_concurrent_pulls,
         queued=settings.provided.server.max_queued_pulls,
         slow_after=settings.provided.server.slow_pull_seconds,
-        meter_provider=meter_provider,
+        meter_provider=telemetry.meter_provider,
     )
-    #: what the service asks: ``catalog``, until a reload swaps in another
-    live_catalog = providers.ThreadSafeSingleton(LiveCatalog, catalog)
-
     service = providers.ThreadSafeSingleton(
         ImageService,
-        catalog=live_catalog,
+        catalog=routing.live_catalog,
         max_send_message_size=settings.provided.server.max_send_message_size,
         stream_batch_bytes=settings.provided.server.stream_batch_bytes,
         max_concurrent_pulls=settings.provided.server.max_concurrent_pulls,
         board=board,
     )
-
     status = providers.ThreadSafeSingleton(
         status_endpoint,
         settings.provided.status_socket_path,
         board,
         settings.provided.server.socket_mode,
     )
-
     server = providers.ThreadSafeSingleton(
         Server,
         servicer=service,
@@ -356,8 +210,43 @@ class Application(containers.DeclarativeContainer):
         max_send_message_size=settings.provided.server.max_send_message_size,
         socket_mode=settings.provided.server.socket_mode,
         socket_gid=settings.provided.server.socket_gid,
-        interceptors=interceptors,
+        interceptors=telemetry.interceptors,
     )
+
+
+class Application(containers.DeclarativeContainer):
+    """The whole shim, wired from ``settings``: the five containers, composed."""
+
+    settings = providers.Dependency(instance_of=Settings)
+
+    core = providers.Container(Core, settings=settings)
+    telemetry = providers.Container(Telemetry, settings=settings)
+    instances = providers.Container(Instances, core=core, telemetry=telemetry)
+    routing = providers.Container(Routing, core=core, telemetry=telemetry, instances=instances)
+    serving = providers.Container(Serving, settings=settings, telemetry=telemetry, routing=routing)
+
+    # -- every provider by its own name (the same provider objects) --
+    plugins = core.plugins
+    pinned = core.pinned
+    tracing_setup = telemetry.tracing_setup
+    span_exporter = telemetry.span_exporter
+    tracer_provider = telemetry.tracer_provider
+    metrics_setup = telemetry.metrics_setup
+    metric_readers = telemetry.metric_readers
+    prometheus_reader = telemetry.prometheus_reader
+    meter_provider = telemetry.meter_provider
+    prometheus = telemetry.prometheus
+    plugin_telemetry = telemetry.plugin_telemetry
+    interceptors = telemetry.interceptors
+    backends = instances.backends
+    filters = instances.filters
+    policies = instances.policies
+    catalog = routing.catalog
+    live_catalog = routing.live_catalog
+    board = serving.board
+    service = serving.service
+    status = serving.status
+    server = serving.server
 
 
 def make_application(settings: Settings, *, strict_plugins: bool | None = None) -> Application:
@@ -365,8 +254,7 @@ def make_application(settings: Settings, *, strict_plugins: bool | None = None) 
     if strict_plugins is not None and strict_plugins != settings.plugins.strict:
         plugins = settings.plugins.model_copy(update={"strict": strict_plugins})
         settings = settings.model_copy(update={"plugins": plugins})
-    app = Application(settings=settings)
-    return app
+    return Application(settings=settings)
 
 
 #: Providers a reload takes over from the running application: telemetry
@@ -395,7 +283,82 @@ def release_catalog(app: Application) -> None:
     indexes be freed; the container's other providers stay usable.
     """
     for provider in (app.catalog, app.backends, app.filters, app.policies, app.pinned):
+        assert isinstance(provider, providers.BaseSingleton)
         provider.reset()
+
+
+# -- starting and stopping: one place --------------------------------------------------------
+
+#: The steps :func:`started` runs, as its ``run`` is told them.
+START_BACKENDS = "starting the backends"
+STOP_SERVER = "stopping the server"
+CLOSE_BACKENDS = "closing the backends"
+FLUSH_TELEMETRY = "flushing telemetry"
+
+#: How :func:`started` runs a step: ``run(step, fn)``.
+StepRunner = Callable[[str, Callable[[], object]], object]
+
+
+def _directly(step: str, fn: Callable[[], object]) -> None:
+    fn()
+
+
+class Started:
+    """An application whose backends have started: what :func:`started` yields."""
+
+    def __init__(self, app: Application) -> None:
+        self.app = app
+        #: The gRPC server, once :meth:`serve` has started it.
+        self.server: Server | None = None
+        #: The live catalog the servicer asks (a reload swaps catalogs in it).
+        self.live: LiveCatalog = app.live_catalog()
+
+    @property
+    def catalog(self) -> Catalog:
+        """The catalog being served: the application's, or one a reload swapped in."""
+        return self.live.current
+
+    def serve(self) -> Server:
+        """Start the gRPC server on the configured socket (it stops on exit)."""
+        server: Server = self.app.server()
+        server.start()  # raises SocketError, and then there is nothing to stop
+        self.server = server
+        return server
+
+
+@contextlib.contextmanager
+def started(
+    app: Application, *, grace: float = 0.0, run: StepRunner = _directly
+) -> Iterator[Started]:
+    """Start ``app``'s backends; on exit, stop everything started, in reverse order.
+
+    Entering builds the catalog (a config or plugin problem raises
+    :class:`~crishim.config.ConfigError` or
+    :class:`~crishim.manager.PluginError` before anything starts) and runs
+    every backend's ``start``; :meth:`Started.serve` starts the server.
+    Leaving, whatever happened: the server stops (calls in flight get
+    ``grace`` seconds), the catalog being served closes (every backend's
+    ``close``), and the telemetry resources shut down (spans and metrics
+    still held are exported).
+
+    ``run(step, fn)`` runs each step (:data:`START_BACKENDS`,
+    :data:`STOP_SERVER`, :data:`CLOSE_BACKENDS`, :data:`FLUSH_TELEMETRY`):
+    directly by default; ``crishim serve`` runs each on a thread with a
+    bound, so a hung plugin cannot hold the process (:mod:`crishim.daemon`).
+    """
+    running = Started(app)
+    try:
+        run(START_BACKENDS, running.catalog.start)
+        yield running
+    finally:
+        server = running.server
+        if server is not None:
+            run(STOP_SERVER, lambda: server.stop(grace))
+        run(CLOSE_BACKENDS, running.catalog.close)
+        run(FLUSH_TELEMETRY, app.shutdown_resources)
+
+
+# -- checking a config file: every check serve makes ------------------------------------------
 
 
 def check_config(
@@ -424,7 +387,7 @@ def check_config(
         settings = config_mod.parse_settings(data, source=source, base_dir=base_dir)
     except ConfigError as exc:
         problems = list(exc.problems)
-        problems += _raw_option_problems(data, source, base_dir, strict_plugins, problems)
+        problems += raw_option_problems(data, source, base_dir, strict_plugins, problems)
         raise ConfigError(source, problems) from None
     if listen is not None:
         try:
@@ -452,59 +415,3 @@ def check_config(
     if errors:
         raise ConfigError.combine(errors)
     return settings, app
-
-
-def _raw_option_problems(
-    data: Any,
-    source: str,
-    base_dir: Path,
-    strict_plugins: bool | None,
-    found: list[tuple[str, str]],
-) -> list[tuple[str, str]]:
-    """Option problems of the entries of a config whose schema failed."""
-    if not isinstance(data, Mapping):
-        return []
-    try:
-        plugin_settings = PluginSettings.model_validate(data.get("plugins") or {})
-    except Exception:
-        plugin_settings = PluginSettings()
-    try:
-        plugins = load_plugins(
-            disabled=plugin_settings.disabled,
-            strict=plugin_settings.strict if strict_plugins is None else strict_plugins,
-        )
-        kinds: dict[str, Mapping[str, Any]] = {
-            "backends": plugins.backend_types(),
-            "filters": plugins.filter_types(),
-            "pull_policies": plugins.pull_policy_types(),
-        }
-    except PluginError:
-        return []  # said again, on its own, once the schema is fixed
-    known = {key for key, _ in found}
-    problems: list[tuple[str, str]] = []
-    for section, types in kinds.items():
-        entries = data.get(section)
-        if not isinstance(entries, list):
-            continue
-        for i, entry in enumerate(entries):
-            if not isinstance(entry, Mapping) or entry.get("enabled", True) is False:
-                continue
-            kind = types.get(entry.get("type"))  # type: ignore[arg-type]
-            if kind is None:
-                if isinstance(entry.get("type"), str) and f"{section}[{i}].type" not in known:
-                    installed = ", ".join(sorted(types)) or "none"
-                    what = _WHAT[section]
-                    problems.append(
-                        (
-                            f"{section}[{i}].type",
-                            f"unknown {what} type {entry['type']!r} (installed: {installed})",
-                        )
-                    )
-                continue
-            try:
-                config_mod.check_options(
-                    source, base_dir, (section, i), entry.get("options", {}), kind.options_model
-                )
-            except ConfigError as exc:
-                problems.extend(p for p in exc.problems if p[0] not in known)
-    return problems

@@ -21,6 +21,11 @@ bound, so a hung plugin or pull cannot keep the process alive:
   config stays. Keys that need a restart (``server``, ``tracing``,
   ``metrics``) keep their running values, and the log says so.
 
+The start and the stop themselves are :func:`crishim.container.started`'s
+(backends, server, backends' close, telemetry flush, in that order); the
+daemon runs each of its steps with its bound, and the process machinery
+(signals, bounded steps, the exit) is :mod:`crishim.process`.
+
 Under systemd (``Type=notify``) the state goes to the service manager as
 it changes: READY once the socket serves, RELOADING during a reload,
 STOPPING at a stop, with a status line (:mod:`crishim.notify`).
@@ -28,41 +33,40 @@ STOPPING at a stop, with a status line (:mod:`crishim.notify`).
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
 import platform
-import signal
 import sys
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from types import FrameType
-from typing import Any
 
-from crishim import __version__, logs
+from crishim import __version__, container, logs
 from crishim.catalog import Catalog
 from crishim.config import ConfigError, Settings
-from crishim.container import (
-    Application,
-    check_config,
-    make_successor,
-    release_catalog,
-)
+from crishim.container import Application, Started, check_config, make_successor, release_catalog
+from crishim.cri_messages import IMAGE_SERVICE
 from crishim.live import Generation, LiveCatalog
 from crishim.manager import PluginError
 from crishim.notify import Notifier
+from crishim.process import (
+    EXIT_FORCED,
+    Signals,
+    bounded,
+    exit_now,
+    lingering_threads,
+    process_started,
+)
 from crishim.server import Server, SocketError
 from crishim.types import IndexedBackend
 
 log = logging.getLogger("crishim")
 
+__all__ = ["EXIT_CONFIG", "EXIT_FORCED", "EXIT_OK", "EXIT_RUNTIME", "Daemon", "reloadable", "serve"]
+
 EXIT_OK = 0
 EXIT_RUNTIME = 1
 EXIT_CONFIG = 2
-#: A stop that had to abandon work it could not bound (the timer fired).
-EXIT_FORCED = 3
 #: Seconds beyond ``server.grace_period`` a stop may take in all.
 STOP_MARGIN = 5.0
 #: Longest wait for the backends to close (within the margin).
@@ -72,20 +76,8 @@ CLOSE_TIMEOUT = 3.0
 RESTART_ONLY = ("server", "tracing", "metrics")
 
 
-def _process_started() -> float:
-    """When this process started, on the ``time.monotonic()`` clock when Linux says.
-
-    "ready in" then counts the interpreter's start and imports too, which
-    are most of a small start-up; elsewhere, from when ``serve`` began.
-    """
-    now = time.monotonic()
-    try:
-        fields = Path("/proc/self/stat").read_text().rpartition(")")[2].split()
-        started = int(fields[19]) / os.sysconf("SC_CLK_TCK")  # seconds after boot
-        age = time.clock_gettime(time.CLOCK_BOOTTIME) - started
-    except (OSError, ValueError, IndexError):
-        return now
-    return now - max(age, 0.0)
+class _StartFailed(Exception):
+    """Every backend failed to start (the message names file, key and reason)."""
 
 
 def _where(settings: Settings, name: str | None) -> str:
@@ -99,115 +91,6 @@ def _where(settings: Settings, name: str | None) -> str:
 def _say(message: str) -> None:
     """A start-up failure, on stderr (logging may not be configured yet)."""
     print(f"crishim: {message}", file=sys.stderr, flush=True)
-
-
-def bounded(what: str, fn: Callable[[], object], timeout: float) -> bool:
-    """Run ``fn`` on a daemon thread, waiting at most ``timeout`` seconds.
-
-    False (and a warning) when it did not finish: the thread is left to
-    itself, and being a daemon it cannot keep the process alive.
-    """
-    done = threading.Event()
-
-    def run() -> None:
-        try:
-            fn()
-        except Exception:
-            log.exception("%s failed", what)
-        finally:
-            done.set()
-
-    threading.Thread(target=run, name=f"crishim-{what.replace(' ', '-')}", daemon=True).start()
-    if done.wait(max(timeout, 0.0)):
-        return True
-    log.warning("%s did not finish within %.1fs; going on without it", what, timeout)
-    return False
-
-
-def _lingering_threads() -> list[threading.Thread]:
-    """Threads still running besides the main one (gRPC workers, plugins' own).
-
-    Daemon or not, they can hold the interpreter's exit: worker threads of
-    a ThreadPoolExecutor (gRPC's among them) are joined at exit whatever
-    their daemon flag.
-    """
-    main = threading.main_thread()
-    return [t for t in threading.enumerate() if t is not main and t.is_alive()]
-
-
-def _exit_now(code: int) -> None:
-    logging.shutdown()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
-
-
-class _Signals:
-    """SIGTERM/SIGINT ask for a stop, SIGHUP for a reload; the main loop acts.
-
-    The handlers only set events (a second stop signal exits at once,
-    writing its line without a lock): a handler runs in the main thread
-    wherever it was interrupted, possibly inside the logging module or a
-    thread start, so it takes no lock it could already hold. A watcher
-    thread logs the stop and calls ``on_stop`` (which arms the stop bound).
-    """
-
-    def __init__(self, on_stop: Callable[[str], None]) -> None:
-        self.stop = threading.Event()
-        self.reload = threading.Event()
-        self.wake = threading.Event()
-        self.stop_reason = ""
-        self._on_stop = on_stop
-        self._previous: dict[int, Any] = {}
-        self._restored = False
-        self._wake_watcher = threading.Event()
-
-    def install(self) -> None:
-        for sig, handler in (
-            (signal.SIGTERM, self._stop),
-            (signal.SIGINT, self._stop),
-            (signal.SIGHUP, self._reload),
-        ):
-            self._previous[sig] = signal.signal(sig, handler)
-        threading.Thread(target=self._watch, name="crishim-stop-watch", daemon=True).start()
-
-    def restore(self) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-        self._restored = True
-        self._wake_watcher.set()
-
-    def _stop(self, signum: int, frame: FrameType | None) -> None:
-        name = signal.Signals(signum).name
-        if self.stop.is_set():
-            _say_unlocked(logging.WARNING, f"received {name} again: exiting now")
-            os._exit(EXIT_FORCED)
-        self.stop_reason = name
-        self.stop.set()
-        self.wake.set()
-        self._wake_watcher.set()
-
-    def _reload(self, signum: int, frame: FrameType | None) -> None:
-        self.reload.set()
-        self.wake.set()
-
-    def _watch(self) -> None:
-        self._wake_watcher.wait()
-        if self.stop.is_set():
-            log.info("received %s: stopping", self.stop_reason)
-            self._on_stop(self.stop_reason)
-
-
-def _say_unlocked(level: int, message: str) -> None:
-    """One log line written straight to stderr, formatted as the log's lines are
-    but taking no lock (for signal handlers)."""
-    record = log.makeRecord(log.name, level, __file__, 0, message, (), None)
-    formatter = next(
-        (h.formatter for h in logging.getLogger().handlers if h.formatter is not None), None
-    )
-    text = (formatter or logging.Formatter()).format(record)
-    with contextlib.suppress(OSError):
-        os.write(2, text.encode(errors="replace") + b"\n")
 
 
 def reloadable(running: Settings, new: Settings, *, say: bool = True) -> Settings:
@@ -277,13 +160,15 @@ class Daemon:
         self.listen = listen
         self.strict_plugins = strict_plugins
         self.notifier = notifier or Notifier()
-        self.signals = _Signals(self._arm_stop_timer)
+        self.signals = Signals(self._arm_stop_timer)
         self.grace = 10.0
         self._timer: threading.Timer | None = None
         self._timer_lock = threading.Lock()
         self._stop_deadline: float | None = None
         self._retiring: list[threading.Thread] = []
         self._retired: list[Generation] = []
+        #: The running application, once its backends have started.
+        self.running: Started | None = None
 
     # -- the stop bound --------------------------------------------------
 
@@ -302,7 +187,7 @@ class Daemon:
 
     @staticmethod
     def _force_exit(reason: str, budget: float) -> None:
-        busy = ", ".join(t.name for t in _lingering_threads()) or "none"
+        busy = ", ".join(t.name for t in lingering_threads()) or "none"
         log.error(
             "not stopped %.1fs after %s (server.grace_period + %.0fs): exiting anyway "
             "(threads still busy: %s)",
@@ -311,7 +196,7 @@ class Daemon:
             STOP_MARGIN,
             busy,
         )
-        _exit_now(EXIT_FORCED)
+        exit_now(EXIT_FORCED)
 
     def _left(self, cap: float) -> float:
         """Seconds a stop step may take: ``cap``, or what is left of the budget."""
@@ -322,7 +207,7 @@ class Daemon:
     # -- running ---------------------------------------------------------
 
     def run(self) -> int:
-        started = _process_started()
+        started = process_started()
         self.signals.install()
         try:
             code = self._run(started)
@@ -333,13 +218,13 @@ class Daemon:
         # The process is done: end it without waiting for threads of any
         # kind (a call stuck in a plugin holds a gRPC worker, which the
         # interpreter would join at exit, forever).
-        _exit_now(code)
+        exit_now(code)
         return code  # pragma: no cover
 
     def _stuck_calls(self) -> int:
-        live: LiveCatalog | None = getattr(self, "live", None)
-        if live is None:
+        if self.running is None:
             return 0
+        live = self.running.live
         return live.in_flight(live.current_generation) + sum(
             live.in_flight(g) for g in self._retired
         )
@@ -374,26 +259,35 @@ class Daemon:
         self.app = app
         #: the application whose catalog is being served (app until a reload)
         self.current_app = app
-        catalog = app.catalog()
         self.notifier.status("starting the backends")
-        failure = self._start_catalog(catalog, settings)
-        if failure is not None:
-            _say(failure)
-            self._close(catalog, app)
-            return EXIT_CONFIG
-        if self.signals.stop.is_set():
-            return self._stop(None, app)
-        _describe(catalog, settings)
-        server: Server = app.server()
         try:
-            server.start()
+            with container.started(app, grace=self.grace, run=self._step) as running:
+                self.running = running
+                self._serve(running, started)
+                self._arm_stop_timer("a stop")
+                self.notifier.stopping("stopping")
+        except _StartFailed as exc:
+            _say(str(exc))
+            return EXIT_CONFIG
         except SocketError as exc:
             _say(f"{settings.source}: server.listen: {exc}")
-            self._close(catalog, app)
             return EXIT_RUNTIME
-        self.live: LiveCatalog = app.live_catalog()
+        stuck = self._stuck_calls()
+        if stuck:
+            log.warning("exiting with %d calls still stuck in backends", stuck)
+        log.info("stopped")
+        return EXIT_OK
+
+    def _serve(self, running: Started, started: float) -> None:
+        """Serve until a stop signal; reload on SIGHUP (a stop during start-up returns at once)."""
+        if self.signals.stop.is_set():
+            return
+        catalog = running.catalog
+        _describe(catalog, self.settings)
+        server = running.serve()
         log.info(
-            "serving runtime.v1.ImageService on unix://%s (ready in %.2fs)",
+            "serving %s on unix://%s (ready in %.2fs)",
+            IMAGE_SERVICE,
             server.socket_path,
             time.monotonic() - started,
         )
@@ -402,20 +296,37 @@ class Daemon:
             self.signals.wake.wait()
             self.signals.wake.clear()
             if self.signals.stop.is_set():
-                break
+                return
             if self.signals.reload.is_set():
                 self.signals.reload.clear()
                 self._reload(server)
-        return self._stop(server, app)
 
-    def _start_catalog(self, catalog: Catalog, settings: Settings) -> str | None:
-        """Start the backends on a thread; None when started (or a stop came first)."""
+    def _step(self, step: str, fn: Callable[[], object]) -> None:
+        """Run a step of :func:`crishim.container.started`, each on a thread with a bound."""
+        if step == container.START_BACKENDS:
+            failure = self._start_catalog(fn, self.app.catalog(), self.settings)
+            if failure is not None:
+                raise _StartFailed(failure)
+            return
+        if step == container.STOP_SERVER:
+            bounded(step, fn, self._left(self.grace + 1))
+            return
+        if step == container.CLOSE_BACKENDS:
+            # the catalogs a reload replaced close first (their calls are over)
+            for thread in self._retiring:
+                thread.join(self._left(CLOSE_TIMEOUT))
+        bounded(step, fn, self._left(CLOSE_TIMEOUT))
+
+    def _start_catalog(
+        self, start: Callable[[], object], catalog: Catalog, settings: Settings
+    ) -> str | None:
+        """Run ``start`` (the catalog's) on a thread; None when started (or a stop came first)."""
         errors: list[BaseException] = []
         done = threading.Event()
 
         def run() -> None:
             try:
-                catalog.start()
+                start()
             except BaseException as exc:
                 errors.append(exc)
             finally:
@@ -445,30 +356,13 @@ class Daemon:
             log.error("a backend failed to start", exc_info=exc)
         return f"{settings.source}: {_where(settings, name)}: cannot start: {reason}"
 
-    def _close(self, catalog: Catalog, app: Application) -> None:
-        bounded("closing the backends", catalog.close, self._left(CLOSE_TIMEOUT))
-        bounded("flushing telemetry", app.shutdown_resources, self._left(CLOSE_TIMEOUT))
-
-    def _stop(self, server: Server | None, app: Application) -> int:
-        self._arm_stop_timer("a stop")
-        self.notifier.stopping("stopping")
-        if server is not None:
-            bounded(
-                "stopping the server", lambda: server.stop(self.grace), self._left(self.grace + 1)
-            )
-            catalog = self.live.current
-        else:
-            catalog = app.catalog()
-        for thread in self._retiring:
-            thread.join(self._left(CLOSE_TIMEOUT))
-        self._close(catalog, app)
-        stuck = self._stuck_calls()
-        if stuck:
-            log.warning("exiting with %d calls still stuck in backends", stuck)
-        log.info("stopped")
-        return EXIT_OK
-
     # -- reload ----------------------------------------------------------
+
+    @property
+    def live(self) -> LiveCatalog:
+        """The live catalog the servicer asks (while serving)."""
+        assert self.running is not None
+        return self.running.live
 
     def _reload(self, server: Server) -> None:
         started = time.monotonic()
@@ -490,7 +384,7 @@ class Daemon:
             return
         settings = reloadable(running, settings, say=False)
         catalog = app.catalog()
-        failure = self._start_catalog(catalog, settings)
+        failure = self._start_catalog(catalog.start, catalog, settings)
         if failure is not None or self.signals.stop.is_set():
             if failure is not None:
                 log.error("reload: %s", failure)

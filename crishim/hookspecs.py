@@ -10,10 +10,12 @@ register (see :class:`crishim.types.Backend`).
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 import pluggy
 
-from crishim.types import BackendType, FilterType, PullPolicyType
+if TYPE_CHECKING:  # annotations only: ``from crishim import hookimpl`` loads pluggy alone
+    from crishim.types import BackendType, FilterType, PullPolicyType
 
 PROJECT = "crishim"
 

@@ -108,24 +108,18 @@ class _Offer:
 
 
 class PluginManager:
-    """One typed method per hook; the core never calls ``pm.hook`` itself."""
+    """What the plugins offer, typed: one method per registering hook.
 
-    def __init__(
-        self,
-        pm: pluggy.PluginManager,
-        infos: Sequence[PluginInfo],
-        offers: Sequence[_Offer] = (),
-    ) -> None:
-        self._pm = pm
+    The hooks ran once, when the plugins were loaded (:func:`load_plugins`);
+    the core never calls ``pm.hook`` itself, and keeps no pluggy manager.
+    """
+
+    def __init__(self, infos: Sequence[PluginInfo], offers: Sequence[_Offer] = ()) -> None:
         self.infos: tuple[PluginInfo, ...] = tuple(infos)
         self._offers = tuple(offers)
         self._backend_types: dict[str, BackendType] | None = None
         self._filter_types: dict[str, FilterType] | None = None
         self._policy_types: dict[str, PullPolicyType] | None = None
-
-    @property
-    def pluggy(self) -> pluggy.PluginManager:
-        return self._pm
 
     def backend_types(self) -> dict[str, BackendType]:
         """Every backend type offered, by name; two claims of one name fail."""
@@ -376,7 +370,7 @@ def load_plugins(
         infos.append(replace(info, loaded=True))
         # who registered each type, for `crishim plugins` and check-config
         offers.append(offer.stamped(package, version) if package else offer)
-    return PluginManager(pm, infos, offers)
+    return PluginManager(infos, offers)
 
 
 def _returning(plugin: object) -> Callable[[], object]:

@@ -22,12 +22,11 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from crishim.config import MAX_SOCKET_PATH
+from crishim.cri_messages import IMAGE_SERVICE
 from crishim.service import ImageService, add_image_service
 from crishim.status import StatusEndpoint
 
 log = logging.getLogger(__name__)
-
-SERVICE_NAME = "runtime.v1.ImageService"
 
 
 class SocketError(Exception):
@@ -140,9 +139,9 @@ class Server:
             except OSError as exc:
                 log.warning("no status endpoint at %s: %s", self.status.path, exc.strerror)
                 self.status = None
-        for name in ("", SERVICE_NAME):
+        for name in ("", IMAGE_SERVICE):
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
-        log.debug("serving %s on unix://%s", SERVICE_NAME, self.socket_path)
+        log.debug("serving %s on unix://%s", IMAGE_SERVICE, self.socket_path)
 
     def stop(self, grace: float) -> None:
         """Stop accepting calls, let in-flight ones finish within ``grace`` seconds."""

@@ -1,15 +1,15 @@
 """protobuf ⇄ domain model, and domain errors ⇄ gRPC status codes.
 
-This is the only module that knows the CRI messages. It parses references,
-asks the catalog, and builds responses; every error leaves here as a gRPC
-status with a message that names the problem, never as a crash.
+With :mod:`crishim.cri_messages` (which builds the messages from the domain
+model), the only module that knows the CRI messages. It parses references,
+asks the catalog, and answers; every error leaves here as a gRPC status
+with a message that names the problem, never as a crash.
 """
 
 from __future__ import annotations
 
 import contextvars
 import functools
-import json
 import logging
 import threading
 import time
@@ -24,11 +24,19 @@ from google.protobuf.message import DecodeError, Message
 
 from crishim import errors, reference, tracing
 from crishim.cri.runtime.v1 import api_pb2, api_pb2_grpc
+from crishim.cri_messages import (
+    EMPTY_STATUS,
+    IMAGE_SERVICE,
+    image_message,
+    image_status_bytes,
+    pod_of,
+    usage_message,
+    verbose_info,
+)
 from crishim.model import Answer, FilesystemUsage
-from crishim.oci.layout import chain_id
 from crishim.pulls import PullBoard, PullState
 from crishim.reference import Reference
-from crishim.types import PodContext, PullAuth, PullRequest
+from crishim.types import PullAuth, PullRequest
 
 log = logging.getLogger(__name__)
 
@@ -137,52 +145,11 @@ def _parse(text: str, what: str = "image reference") -> Reference:
     return reference.parse(text)
 
 
-def image_message(answer: Answer) -> api_pb2.Image:
-    """The CRI ``Image`` for a catalog answer."""
-    record = answer.record
-    uid, username = record.uid, record.username
-    image = api_pb2.Image(
-        id=record.id,
-        repo_tags=record.repo_tags,
-        repo_digests=record.repo_digests,
-        size=record.size,
-        username=username,
-        spec=api_pb2.ImageSpec(
-            image=record.id,
-            annotations=dict(record.annotations),
-            runtime_handler=answer.runtime_handler,
-        ),
-        pinned=answer.pinned,
-    )
-    if uid is not None:
-        image.uid.value = uid
-    return image
-
-
 def _serialize(message: Any) -> bytes:
     """Response serializer that lets ready answers (bytes) through unchanged."""
     if type(message) is bytes:
         return message
     return message.SerializeToString()  # type: ignore[no-any-return]
-
-
-def image_status_bytes(answer: Answer) -> bytes:
-    """The serialized non-verbose ImageStatusResponse, kept per record.
-
-    Records are immutable, so the answer is built once per (record,
-    backend, pinned) and reused. The encoding of ``ImageStatusResponse``
-    with only ``image`` (field 1) set is byte-for-byte one entry of the
-    ``repeated Image images = 1`` field of ListImagesResponse and
-    StreamImagesResponse, so lists are built by joining these.
-    """
-    data = answer.wire
-    if data is None:
-        data = api_pb2.ImageStatusResponse(image=image_message(answer)).SerializeToString()
-        answer.wire = data
-    return data
-
-
-_EMPTY_STATUS = api_pb2.ImageStatusResponse().SerializeToString()
 
 
 def add_image_service(servicer: ImageService, server: grpc.Server) -> None:
@@ -203,37 +170,10 @@ def add_image_service(servicer: ImageService, server: grpc.Server) -> None:
         )
         for name, (make, request) in methods.items()
     }
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
-    server.add_registered_method_handlers(SERVICE, handlers)
-
-
-SERVICE = "runtime.v1.ImageService"
-
-
-def _chain_id_of(spec: dict[str, Any]) -> str:
-    rootfs = spec.get("rootfs")
-    diff_ids = rootfs.get("diff_ids") if isinstance(rootfs, dict) else None
-    if not isinstance(diff_ids, list):
-        return ""
-    return chain_id([d for d in diff_ids if isinstance(d, str)])
-
-
-def verbose_info(answer: Answer) -> dict[str, str]:
-    """``ImageStatusResponse.info`` for verbose calls: one JSON object under "info"."""
-    record = answer.record
-    spec = record.image_spec
-    info: dict[str, Any] = {
-        "imageSpec": spec,
-        "chainID": record.chain_id or _chain_id_of(spec),
-        "backend": answer.backend,
-        "runtimeHandler": answer.runtime_handler,
-        "source": record.source,
-        "manifestDigest": record.manifest_digest,
-        "manifestMediaType": record.manifest_media_type,
-        "artifactType": record.artifact_type,
-        "extra": dict(record.extra),
-    }
-    return {"info": json.dumps(info, sort_keys=True, separators=(",", ":"))}
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(IMAGE_SERVICE, handlers),)
+    )
+    server.add_registered_method_handlers(IMAGE_SERVICE, handlers)
 
 
 def _echoed(request_spec: api_pb2.ImageSpec) -> str:
@@ -318,7 +258,9 @@ class ImageService(api_pb2_grpc.ImageServiceServicer):
         answer = self.catalog.route(request.image.runtime_handler).image_status(ref)
         tracing.note_answer(ref, answer)
         if answer is None:
-            return _EMPTY_STATUS
+            # the CRI's rule: an absent (or hidden) image is OK with ``image``
+            # unset, never NOT_FOUND; RemoveImage of one is OK too
+            return EMPTY_STATUS
         user_specified = _echoed(request.image)
         if not request.verbose and not user_specified:
             return image_status_bytes(answer)
@@ -418,7 +360,7 @@ class ImageService(api_pb2_grpc.ImageServiceServicer):
             annotations=dict(request.image.annotations),
             runtime_handler=request.image.runtime_handler,
             user_specified_image=_echoed(request.image),
-            pod=_pod(request),
+            pod=pod_of(request),
         )
         state = self.board.enter(ref, self.catalog.pulling_backend(pull.runtime_handler))
         outcome = "error"
@@ -497,30 +439,6 @@ class ImageService(api_pb2_grpc.ImageServiceServicer):
         now = time.time_ns()
         images, containers = self.catalog.filesystems()
         return api_pb2.ImageFsInfoResponse(
-            image_filesystems=[_usage_message(u, now) for u in images],
-            container_filesystems=[_usage_message(u, now) for u in containers],
+            image_filesystems=[usage_message(u, now) for u in images],
+            container_filesystems=[usage_message(u, now) for u in containers],
         )
-
-
-def _pod(request: api_pb2.PullImageRequest) -> PodContext | None:
-    """The pod a PullImage is for (its sandbox config), when the caller sent one."""
-    if not request.HasField("sandbox_config"):
-        return None
-    config = request.sandbox_config
-    meta = config.metadata
-    return PodContext(
-        namespace=meta.namespace,
-        name=meta.name,
-        uid=meta.uid,
-        annotations=dict(config.annotations),
-        labels=dict(config.labels),
-    )
-
-
-def _usage_message(usage: FilesystemUsage, now: int) -> api_pb2.FilesystemUsage:
-    return api_pb2.FilesystemUsage(
-        timestamp=usage.timestamp_ns or now,
-        fs_id=api_pb2.FilesystemIdentifier(mountpoint=usage.mountpoint),
-        used_bytes=api_pb2.UInt64Value(value=usage.used_bytes),
-        inodes_used=api_pb2.UInt64Value(value=usage.inodes_used),
-    )

@@ -53,7 +53,7 @@ MODULES: tuple[tuple[str, str], ...] = (
 
 #: Names that look public in those modules but are not part of the API.
 INTERNAL: dict[str, frozenset[str]] = {
-    "crishim.model": frozenset({"Answer"}),
+    "crishim.model": frozenset({"Answer", "chain_id_of"}),
 }
 
 EXAMPLE_MARK = "Example::"
@@ -97,6 +97,8 @@ class Source:
     lines: list[str]
     body: dict[str, ast.stmt]
     imported: dict[str, str]
+    #: The line of the import statement of each imported name.
+    imported_at: dict[str, int]
     #: String literals written right after an assignment (reference.py's style).
     after: dict[str, str]
 
@@ -111,6 +113,7 @@ def source(module_name: str) -> Source:
         tree = ast.parse(text)
         body: dict[str, ast.stmt] = {}
         imported: dict[str, str] = {}
+        imported_at: dict[str, int] = {}
         after: dict[str, str] = {}
         statements = tree.body
         for i, node in enumerate(statements):
@@ -121,9 +124,10 @@ def source(module_name: str) -> Source:
                 targets = [t.id for t in node.targets if isinstance(t, ast.Name)]
             elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
                 targets = [node.target.id]
-            elif isinstance(node, ast.ImportFrom) and node.module:
-                for alias in node.names:
-                    imported[alias.asname or alias.name] = node.module
+            for imports in _imports(node):
+                for alias in imports.names:
+                    imported[alias.asname or alias.name] = str(imports.module)
+                    imported_at[alias.asname or alias.name] = imports.lineno
             for target in targets:
                 body[target] = node
                 following = statements[i + 1] if i + 1 < len(statements) else None
@@ -133,8 +137,20 @@ def source(module_name: str) -> Source:
                     and isinstance(following.value.value, str)
                 ):
                     after[target] = following.value.value
-        _SOURCES[module_name] = Source(module_name, text.splitlines(), body, imported, after)
+        _SOURCES[module_name] = Source(
+            module_name, text.splitlines(), body, imported, imported_at, after
+        )
     return _SOURCES[module_name]
+
+
+def _imports(node: ast.stmt) -> list[ast.ImportFrom]:
+    """``from m import n`` statements: ``node`` itself, or those of an ``if TYPE_CHECKING:``
+    block (a lazily loaded name, such as the root's ``hookimpl``, is declared there)."""
+    if isinstance(node, ast.ImportFrom) and node.module:
+        return [node]
+    if isinstance(node, ast.If) and ast.unparse(node.test) == "TYPE_CHECKING":
+        return [n for n in node.body if isinstance(n, ast.ImportFrom) and n.module]
+    return []
 
 
 def definition(module_name: str, name: str) -> tuple[Source, ast.stmt]:
@@ -163,11 +179,24 @@ def defined_names(module_name: str) -> list[str]:
 
 
 def public_names(module_name: str) -> list[str]:
-    """The module's ``__all__``, in source order (imports after definitions)."""
+    """The module's ``__all__``, in source order.
+
+    A module's own names come where they are defined, names it re-exports
+    after them. A package that only re-exports its modules' names (as
+    ``crishim.types`` does) lists them module by module, as they are imported,
+    each module's names in the order it defines them.
+    """
     module = load(module_name)
     names = list(getattr(module, "__all__", ()))
-    order = {name: i for i, name in enumerate(source(module_name).body)}
-    return sorted(names, key=lambda n: (order.get(n, len(order)), names.index(n)))
+    src = source(module_name)
+    if any(name in src.body for name in names):
+        order = {name: i for i, name in enumerate(src.body)}
+        return sorted(names, key=lambda n: (order.get(n, len(order)), names.index(n)))
+
+    def position(name: str) -> tuple[int, int]:
+        return (src.imported_at.get(name, 0), definition(module_name, name)[1].lineno)
+
+    return sorted(names, key=position)
 
 
 # -- rendering -----------------------------------------------------------------------------

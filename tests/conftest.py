@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import atexit
 import shutil
+import subprocess
 import tempfile
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +22,7 @@ from typing import Any
 
 import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import settings
 from hypothesis.configuration import set_hypothesis_home_dir
 
@@ -43,6 +46,15 @@ PLATFORM: dict[str, str] = {"os": "linux", "architecture": "arm64", "variant": "
 STANDARD_PINNED: list[str] = ["user/app", "busybox:9.9", "localhost:5000/*"]
 
 ABSENT_ID = "sha256:" + "0" * 64
+
+#: The committed demo layout the README serves (examples/layouts/demo).
+DEMO_LAYOUT = Path(__file__).resolve().parents[1] / "examples" / "layouts" / "demo"
+#: An ``oci-dir`` backend ``demo`` over it, its images named as the README's.
+DEMO_BACKEND: dict[str, Any] = {
+    "name": "demo",
+    "type": "oci-dir",
+    "options": {"path": str(DEMO_LAYOUT), "repository": "example.com/crishim/hello"},
+}
 
 
 def backend(name: str, path: Path | str, **options: Any) -> dict[str, Any]:
@@ -232,3 +244,25 @@ def sockdir() -> Iterator[Path]:
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)
+
+
+def wait_serving(sock: Path, proc: subprocess.Popen[Any], timeout: float = 30) -> None:
+    """Until the server process ``proc`` answers its health service on ``sock``.
+
+    Fails at once when the process exits first (with what it wrote), and
+    after ``timeout`` seconds.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"server exited early: {proc.communicate()}")
+        if sock.exists():
+            with grpc.insecure_channel(f"unix:{sock}") as channel:
+                try:
+                    health = health_pb2_grpc.HealthStub(channel)
+                    health.Check(health_pb2.HealthCheckRequest(), timeout=1)
+                    return
+                except grpc.RpcError:
+                    pass
+        time.sleep(0.05)
+    raise AssertionError("server did not come up")

@@ -7,11 +7,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import DEMO_LAYOUT as LAYOUT
 
 from crishim.config import ConfigError, load_settings
 from crishim.container import check_config, make_application
-
-LAYOUT = Path(__file__).resolve().parents[1] / "examples" / "layouts" / "demo"
 
 
 def _write(tmp_path: Path, text: str) -> Path:

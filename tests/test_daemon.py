@@ -23,13 +23,13 @@ from pathlib import Path
 
 import grpc
 import pytest
+from conftest import DEMO_LAYOUT as LAYOUT
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from crishim.cri.runtime.v1 import api_pb2, api_pb2_grpc
 from crishim.notify import Notifier
 from tests.plugin_fixtures import make_distribution
 
-LAYOUT = Path(__file__).resolve().parents[1] / "examples" / "layouts" / "demo"
 HELLO = "example.com/crishim/hello:1.0"
 
 #: A backend type "misbehave": lookups of ``*/hang`` block forever (or for

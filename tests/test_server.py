@@ -14,7 +14,8 @@ from pathlib import Path
 
 import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from conftest import DEMO_BACKEND, DEMO_LAYOUT, wait_serving
+from grpc_health.v1 import health_pb2
 
 from crishim.config import parse_settings
 from crishim.container import make_application
@@ -23,14 +24,7 @@ from crishim.server import SocketError, prepare_socket_path
 from crishim.testing.server import running_server
 from tests.plugin_fixtures import SLOW_PLUGIN, make_distribution
 
-LAYOUT = Path(__file__).resolve().parents[1] / "examples" / "layouts" / "demo"
-BACKENDS = [
-    {
-        "name": "demo",
-        "type": "oci-dir",
-        "options": {"path": str(LAYOUT), "repository": "example.com/crishim/hello"},
-    }
-]
+BACKENDS = [DEMO_BACKEND]
 
 
 def _start(sock: Path) -> tuple[object, object]:
@@ -95,7 +89,7 @@ def test_live_server_is_never_stolen(sockdir: Path) -> None:
         config = sockdir / "c.yaml"
         config.write_text(
             f"server: {{listen: 'unix://{sock}'}}\n"
-            f"backends: [{{name: d, type: oci-dir, options: {{path: '{LAYOUT}'}}}}]\n"
+            f"backends: [{{name: d, type: oci-dir, options: {{path: '{DEMO_LAYOUT}'}}}}]\n"
         )
         result = subprocess.run(
             [sys.executable, "-m", "crishim.cli", "serve", "--config", str(config)],
@@ -138,23 +132,6 @@ def test_receive_limit_is_configurable() -> None:
         assert shim.status("example.com/crishim/web:1.0").HasField("image")
 
 
-def _wait_for_socket(sock: Path, proc: subprocess.Popen[str], timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"server exited early: {proc.communicate()}")
-        if sock.exists():
-            with grpc.insecure_channel(f"unix:{sock}") as channel:
-                try:
-                    health = health_pb2_grpc.HealthStub(channel)
-                    health.Check(health_pb2.HealthCheckRequest(), timeout=1)
-                    return
-                except grpc.RpcError:
-                    pass
-        time.sleep(0.05)
-    raise AssertionError("server did not come up")
-
-
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_signal_lets_in_flight_calls_finish_then_removes_the_socket(
     tmp_path: Path, sockdir: Path, signum: int
@@ -172,7 +149,7 @@ def test_signal_lets_in_flight_calls_finish_then_removes_the_socket(
         f"server: {{listen: 'unix://{sock}', grace_period: 10}}\n"
         "backends:\n"
         "  - {name: slow, type: slow, options: {delay: 1.5}}\n"
-        f"  - {{name: demo, type: oci-dir, options: {{path: '{LAYOUT}'}}}}\n"
+        f"  - {{name: demo, type: oci-dir, options: {{path: '{DEMO_LAYOUT}'}}}}\n"
     )
     env = {**os.environ, "PYTHONPATH": str(plugin_root)}
     proc = subprocess.Popen(
@@ -183,7 +160,7 @@ def test_signal_lets_in_flight_calls_finish_then_removes_the_socket(
         env=env,
     )
     try:
-        _wait_for_socket(sock, proc)
+        wait_serving(sock, proc)
         results: list[object] = []
         in_flight = threading.Thread(target=lambda: results.append(_status(sock, "team/slow:1")))
         in_flight.start()

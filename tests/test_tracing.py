@@ -18,6 +18,7 @@ from typing import Any
 import grpc
 import pytest
 from click.testing import CliRunner
+from conftest import DEMO_BACKEND
 from grpc_health.v1 import health_pb2
 from opentelemetry import trace
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
@@ -38,13 +39,8 @@ from crishim.testing.server import RunningShim, running_server
 from crishim.tracing import resolve_tracing
 from crishim.types import BackendContext, BackendOptions, BackendType, IndexedBackend
 
-LAYOUT = Path(__file__).resolve().parents[1] / "examples" / "layouts" / "demo"
 HIT = "example.com/crishim/web:1.0"
-DEMO = {
-    "name": "demo",
-    "type": "oci-dir",
-    "options": {"path": str(LAYOUT), "repository": "example.com/crishim/hello"},
-}
+DEMO = DEMO_BACKEND
 #: An exporter that is never reached: tests replace it with an in-memory one.
 TRACING = {"exporter": "otlp-grpc", "endpoint": "http://127.0.0.1:9"}
 STATUS = "runtime.v1.ImageService/ImageStatus"

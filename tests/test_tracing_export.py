@@ -17,7 +17,7 @@ from typing import Any
 
 import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from conftest import DEMO_BACKEND, wait_serving
 
 from crishim.cri.runtime.v1 import api_pb2, api_pb2_grpc
 from crishim.testing.server import running_server
@@ -29,13 +29,8 @@ from tests.otlp_receivers import (
     receiving,
 )
 
-LAYOUT = Path(__file__).resolve().parents[1] / "examples" / "layouts" / "demo"
 HIT = "example.com/crishim/web:1.0"
-DEMO = {
-    "name": "demo",
-    "type": "oci-dir",
-    "options": {"path": str(LAYOUT), "repository": "example.com/crishim/hello"},
-}
+DEMO = DEMO_BACKEND
 TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
 PARENT_ID = "b7ad6b7169203331"
 STATUS = "runtime.v1.ImageService/ImageStatus"
@@ -99,24 +94,6 @@ def test_spans_and_metrics_arrive_after_a_graceful_stop(
     assert {"rpc.server.call.duration", "crishim.backend.calls"} <= receiver.metric_names()
 
 
-def _wait_ready(sock: Path, proc: subprocess.Popen[str]) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"server exited early: {proc.communicate()}")
-        if sock.exists():
-            with grpc.insecure_channel(f"unix:{sock}") as channel:
-                try:
-                    health_pb2_grpc.HealthStub(channel).Check(
-                        health_pb2.HealthCheckRequest(), timeout=1
-                    )
-                    return
-                except grpc.RpcError:
-                    pass
-        time.sleep(0.05)
-    raise AssertionError("server did not come up")
-
-
 def test_crishim_serve_flushes_on_sigterm(
     tmp_path: Path, receiver: GrpcReceiver | HttpReceiver, sockdir: Path
 ) -> None:
@@ -143,7 +120,7 @@ def test_crishim_serve_flushes_on_sigterm(
         env=env,
     )
     try:
-        _wait_ready(sock, proc)
+        wait_serving(sock, proc)
         with grpc.insecure_channel(f"unix:{sock}") as channel:
             stub = api_pb2_grpc.ImageServiceStub(channel)
             request = api_pb2.ImageStatusRequest(image=api_pb2.ImageSpec(image=HIT))

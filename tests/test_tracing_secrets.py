@@ -20,7 +20,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -29,7 +28,7 @@ from typing import Any
 
 import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from conftest import DEMO_BACKEND, wait_serving
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
@@ -39,7 +38,6 @@ from crishim.testing.ocibuild import BuiltImage, LayoutBuilder
 from crishim.testing.server import running_server
 from tests.otlp_receivers import HttpReceiver, receiving
 
-LAYOUT = Path(__file__).resolve().parents[1] / "examples" / "layouts" / "demo"
 PRESENT = "example.com/crishim/web:1.0"
 ABSENT = "example.com/crishim/absent:1.0"
 PLATFORM = {"os": "linux", "architecture": "amd64"}
@@ -227,11 +225,7 @@ def _registry_backend(registry: FakeRegistry) -> dict[str, Any]:
     }
 
 
-OCI_DIR = {
-    "name": "demo",
-    "type": "oci-dir",
-    "options": {"path": str(LAYOUT), "repository": "example.com/crishim/hello"},
-}
+OCI_DIR = DEMO_BACKEND
 
 
 # -- what must not hold secrets ------------------------------------------------------------------
@@ -387,24 +381,6 @@ def test_an_unsendable_token_is_unauthenticated_and_never_repeated(
         assert token not in caplog.text and token not in error
 
 
-def _wait_ready(sock: Path, proc: subprocess.Popen[str]) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"server exited early: {proc.communicate()}")
-        if sock.exists():
-            with grpc.insecure_channel(f"unix:{sock}") as channel:
-                try:
-                    health_pb2_grpc.HealthStub(channel).Check(
-                        health_pb2.HealthCheckRequest(), timeout=1
-                    )
-                    return
-                except grpc.RpcError:
-                    pass
-        time.sleep(0.05)
-    raise AssertionError("server did not come up")
-
-
 @pytest.fixture
 def http_receiver() -> Iterator[HttpReceiver]:
     for receiver in receiving("http"):
@@ -455,7 +431,7 @@ def test_serve_process_stderr_and_exported_bytes_hold_no_credential(
     )
     errors = []
     try:
-        _wait_ready(sock, proc)
+        wait_serving(sock, proc)
         with grpc.insecure_channel(f"unix:{sock}") as channel:
             stub = api_pb2_grpc.ImageServiceStub(channel)
             for ref, auth in pulls:

@@ -63,16 +63,27 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import grpc
 import pytest
 
 from crishim.cri.runtime.v1 import api_pb2
-from crishim.testing.server import RunningShim, running_server
+from crishim.testing.contract import (
+    ABSENT_ID,
+    ABSENT_NAMES,
+    BAD_REFERENCES,
+    RECENT_NS,
+    ContractRun,
+    ContractSetup,
+    ExpectedImage,
+    expected_user,
+    recent,
+    status_code,
+    wire_bytes,
+)
+from crishim.testing.server import running_server
 
 __all__ = [
     "BAD_REFERENCES",
@@ -82,145 +93,6 @@ __all__ = [
     "CriContract",
     "ExpectedImage",
 ]
-
-#: Image references the CRI must reject with INVALID_ARGUMENT.
-BAD_REFERENCES: tuple[str, ...] = (
-    "Busybox",
-    "library/BusyBox:1",
-    "busybox@sha256:abc",
-    "busybox@sha256:" + "A" * 64,
-    "busybox@md5:" + "a" * 32,
-    "sha256:" + "G" * 64,
-    "busybox:",
-    "busybox:" + "t" * 129,
-    "a" * 5000,
-    "exa mple.com/app:1",
-)
-
-#: How far from now an ImageFsInfo timestamp may be: generous for a usage
-#: computed at start-up, tight enough to catch seconds, milliseconds or
-#: microseconds given where nanoseconds are due, and a zero.
-RECENT_NS = 3600 * 10**9
-
-_ABSENT_ID = "sha256:" + "0" * 63 + "1"
-_ABSENT_NAMES: tuple[str, ...] = (
-    "crishim-contract.invalid/absent:never",
-    "crishim-contract.invalid/absent@sha256:" + "0" * 63 + "1",
-    _ABSENT_ID,
-    _ABSENT_ID.removeprefix("sha256:"),
-)
-
-
-@dataclass(frozen=True)
-class ExpectedImage:
-    """One image the backend serves, as the CRI must report it.
-
-    Example::
-
-        from crishim.testing.ocibuild import LayoutBuilder
-
-        builder = LayoutBuilder(root / "store")
-        app = builder.image(user="1000", name="app")
-        expected = ExpectedImage(
-            id=app.id,
-            repo_tags=["example.com/app:1.0"],  # normalised, as the CRI reports them
-            repo_digests=[f"example.com/app@{app.manifest.digest}"],
-            user="1000",
-            size=app.size,  # crishim's rule: manifest + config + layers
-        )
-    """
-
-    #: ``sha256:<hex>`` (the config digest).
-    id: str
-    #: Normalised ``name:tag`` strings (``docker.io/library/busybox:latest``).
-    repo_tags: Sequence[str] = ()
-    #: Normalised ``name@digest`` strings.
-    repo_digests: Sequence[str] = ()
-    #: The image config's ``User``; uid/username are derived from it.
-    user: str = ""
-    #: The size the backend documents for the image (required: the kit
-    #: fails an image without one). crishim's rule, which the built-in
-    #: backends follow: the compressed sizes of the platform manifest, its
-    #: config and its layers (:attr:`crishim.testing.ocibuild.BuiltImage.size`).
-    size: int | None = None
-
-    @property
-    def names(self) -> tuple[str, ...]:
-        return (*self.repo_tags, *self.repo_digests)
-
-
-@dataclass(frozen=True)
-class ContractSetup:
-    """What ``cri_setup`` returns: the config and what it must serve.
-
-    Example::
-
-        ContractSetup(
-            backends=[{"name": "c", "type": "json-catalog", "options": {"catalog": "c.json"}}],
-            images=[ExpectedImage(id=app_id, repo_tags=["example.com/app:1.0"], size=1234)],
-            hidden=["example.com/embedded/app:1.0"],
-            config={"platform": {"os": "linux", "architecture": "amd64"}},
-            base_dir=root,
-        )
-    """
-
-    #: The ``backends`` list of the config.
-    backends: Sequence[Mapping[str, Any]]
-    #: Every image served, each once.
-    images: Sequence[ExpectedImage]
-    #: References the backend holds but the CRI must never see (ImageStatus
-    #: nil, never listed, removal a no-op), e.g. embedded images.
-    hidden: Sequence[str] = ()
-    #: Other top-level config keys (``platform``, ``filters``, ``pinned``...).
-    config: Mapping[str, Any] = field(default_factory=dict)
-    #: Plugins to register next to the installed ones (a plugin under test
-    #: that is not installed): (name, module or object) pairs.
-    extra_plugins: Sequence[tuple[str, object]] = ()
-    #: Where relative paths in options resolve (default: the current directory).
-    base_dir: Path | None = None
-
-
-@dataclass(frozen=True)
-class ContractRun:
-    """A server started for a setup: what the kit's fixtures give each check.
-
-    Example::
-
-        class TestMine(CriContract):
-            def cri_setup(self, root): ...
-
-            def test_my_own_check(self, cri_contract):  # the class's shared server
-                for expected in cri_contract.setup.images:
-                    assert cri_contract.shim.status(expected.id).HasField("image")
-    """
-
-    setup: ContractSetup
-    shim: RunningShim
-
-
-def _wire(image: api_pb2.Image) -> bytes:
-    return image.SerializeToString(deterministic=True)
-
-
-def _code(call: Any, *args: Any) -> grpc.StatusCode:
-    try:
-        call(*args)
-    except grpc.RpcError as exc:
-        return exc.code()
-    return grpc.StatusCode.OK
-
-
-def _recent(timestamp_ns: int, now_ns: int) -> bool:
-    return abs(now_ns - timestamp_ns) <= RECENT_NS
-
-
-def _expected_user(user: str) -> tuple[int | None, str]:
-    name = user.split(":", 1)[0]
-    if not name:
-        return None, ""
-    if name.isdigit():
-        return int(name), ""
-    return None, name
 
 
 class CriContract:
@@ -299,8 +171,8 @@ class CriContract:
 
     def test_absent_image_is_nil(self, cri_contract: ContractRun) -> None:
         known = {i.id for i in cri_contract.setup.images}
-        assert _ABSENT_ID not in known, "pick images whose IDs are not the kit's absent ID"
-        for ref in _ABSENT_NAMES:
+        assert ABSENT_ID not in known, "pick images whose IDs are not the kit's absent ID"
+        for ref in ABSENT_NAMES:
             response = cri_contract.shim.status(ref)
             assert not response.HasField("image"), f"{ref!r} must answer image unset"
 
@@ -337,7 +209,7 @@ class CriContract:
             assert len(set(image.repo_digests)) == len(image.repo_digests), "digests repeat"
             for ref, response in answers.items():
                 assert response.HasField("image"), f"{ref!r} is not answered"
-                assert _wire(response.image) == _wire(image), f"{ref!r} answers otherwise"
+                assert wire_bytes(response.image) == wire_bytes(image), f"{ref!r} answers otherwise"
 
     def test_size_is_the_one_the_backend_documents(self, cri_contract: ContractRun) -> None:
         for expected in cri_contract.setup.images:
@@ -354,7 +226,7 @@ class CriContract:
     def test_uid_and_username_follow_the_cri_rules(self, cri_contract: ContractRun) -> None:
         for expected in cri_contract.setup.images:
             image = cri_contract.shim.status(expected.id).image
-            uid, username = _expected_user(expected.user)
+            uid, username = expected_user(expected.user)
             assert image.username == username, f"{expected.id}: User {expected.user!r}"
             if uid is None:
                 assert not image.HasField("uid"), f"{expected.id}: User {expected.user!r}"
@@ -368,7 +240,7 @@ class CriContract:
         for expected in cri_contract.setup.images:
             plain = cri_contract.shim.status(expected.id)
             verbose = cri_contract.shim.status(expected.id, verbose=True)
-            assert _wire(verbose.image) == _wire(plain.image)
+            assert wire_bytes(verbose.image) == wire_bytes(plain.image)
             for key, value in verbose.info.items():
                 try:
                     json.loads(value)
@@ -384,14 +256,14 @@ class CriContract:
         assert len(set(ids)) == len(ids), "ListImages repeats an image"
         assert sorted(ids) == sorted(i.id for i in cri_contract.setup.images)
         for image in listed:
-            assert _wire(image) == _wire(shim.status(image.id).image), image.id
+            assert wire_bytes(image) == wire_bytes(shim.status(image.id).image), image.id
 
     def test_list_filter_names_one_image(self, cri_contract: ContractRun) -> None:
         shim = cri_contract.shim
         for expected in cri_contract.setup.images:
             for ref in (expected.id, *expected.names):
                 assert [i.id for i in shim.list(ref)] == [expected.id], ref
-        assert shim.list(_ABSENT_NAMES[0]) == []
+        assert shim.list(ABSENT_NAMES[0]) == []
 
     def test_stream_matches_list(self, cri_contract: ContractRun) -> None:
         shim = cri_contract.shim
@@ -400,12 +272,12 @@ class CriContract:
             for response in shim.images.StreamImages(api_pb2.StreamImagesRequest(), timeout=30)
             for image in response.images
         ]
-        assert sorted(_wire(i) for i in streamed) == sorted(_wire(i) for i in shim.list())
+        assert sorted(wire_bytes(i) for i in streamed) == sorted(wire_bytes(i) for i in shim.list())
 
     # -- removal ---------------------------------------------------------
 
     def test_removing_an_absent_image_is_ok(self, cri_contract: ContractRun) -> None:
-        for ref in _ABSENT_NAMES:
+        for ref in ABSENT_NAMES:
             cri_contract.shim.remove(ref)
 
     def test_remove(self, cri_fresh_contract: ContractRun) -> None:
@@ -414,9 +286,9 @@ class CriContract:
         if not named:
             pytest.skip("the setup has no tagged image")
         target = named[0]
-        others = {i.id: _wire(shim.status(i.id).image) for i in images if i.id != target.id}
+        others = {i.id: wire_bytes(shim.status(i.id).image) for i in images if i.id != target.id}
         if not self.removable:
-            code = _code(shim.remove, target.repo_tags[0])
+            code = status_code(shim.remove, target.repo_tags[0])
             assert code == grpc.StatusCode.FAILED_PRECONDITION, code
             assert shim.status(target.id).HasField("image"), "a refused removal removed"
             return
@@ -427,7 +299,7 @@ class CriContract:
         shim.remove(target.repo_tags[0])
         shim.remove(target.id)
         for image_id, wire in others.items():
-            assert _wire(shim.status(image_id).image) == wire, f"{image_id} changed"
+            assert wire_bytes(shim.status(image_id).image) == wire, f"{image_id} changed"
 
     def test_remove_by_id(self, cri_fresh_contract: ContractRun) -> None:
         if not self.removable:
@@ -445,12 +317,12 @@ class CriContract:
     def test_bad_references_are_invalid_argument(self, cri_contract: ContractRun) -> None:
         shim = cri_contract.shim
         invalid = grpc.StatusCode.INVALID_ARGUMENT
-        assert _code(shim.status, "") == invalid
-        assert _code(shim.remove, "") == invalid
+        assert status_code(shim.status, "") == invalid
+        assert status_code(shim.remove, "") == invalid
         for ref in BAD_REFERENCES:
-            assert _code(shim.status, ref) == invalid, f"ImageStatus {ref[:40]!r}"
-            assert _code(shim.remove, ref) == invalid, f"RemoveImage {ref[:40]!r}"
-            assert _code(shim.list, ref) == invalid, f"ListImages filter {ref[:40]!r}"
+            assert status_code(shim.status, ref) == invalid, f"ImageStatus {ref[:40]!r}"
+            assert status_code(shim.remove, ref) == invalid, f"RemoveImage {ref[:40]!r}"
+            assert status_code(shim.list, ref) == invalid, f"ListImages filter {ref[:40]!r}"
 
     def test_an_unknown_runtime_handler_is_invalid_argument(
         self, cri_contract: ContractRun
@@ -459,7 +331,7 @@ class CriContract:
         handler = "crishim-contract-unknown"
         served = {h for b in setup.backends for h in b.get("runtime_handlers", [""])}
         assert handler not in served, "pick runtime handler names other than the kit's"
-        ref = setup.images[0].id if setup.images else _ABSENT_ID
+        ref = setup.images[0].id if setup.images else ABSENT_ID
         spec = api_pb2.ImageSpec(image=ref, runtime_handler=handler)
         calls = {
             "ImageStatus": (shim.images.ImageStatus, api_pb2.ImageStatusRequest(image=spec)),
@@ -471,7 +343,7 @@ class CriContract:
             ),
         }
         for name, (call, request) in calls.items():
-            code = _code(lambda c=call, r=request: c(r, timeout=30))
+            code = status_code(lambda c=call, r=request: c(r, timeout=30))
             assert code == grpc.StatusCode.INVALID_ARGUMENT, f"{name}: {code}"
         if setup.images:
             assert shim.status(ref).HasField("image"), "a refused RemoveImage removed"
@@ -485,13 +357,13 @@ class CriContract:
             assert where, "a filesystem usage names its mountpoint"
             assert usage.HasField("used_bytes"), f"{where}: used_bytes is unset"
             assert usage.HasField("inodes_used"), f"{where}: inodes_used is unset"
-            assert _recent(usage.timestamp, now), (
+            assert recent(usage.timestamp, now), (
                 f"{where}: timestamp {usage.timestamp} is not time.time_ns() of the last hour"
             )
         for handle in shim.catalog.backends:
             for own in handle.backend.filesystem_usage():
                 assert own.mountpoint, f"backend {handle.name}: a usage without mountpoint"
-                assert _recent(own.timestamp_ns, now), (
+                assert recent(own.timestamp_ns, now), (
                     f"backend {handle.name}: FilesystemUsage.timestamp_ns {own.timestamp_ns} "
                     f"for {own.mountpoint} is not time.time_ns() of the last hour"
                 )

@@ -25,7 +25,7 @@ from grpc_health.v1 import health_pb2_grpc
 
 from crishim.catalog import Catalog
 from crishim.config import parse_settings
-from crishim.container import Application, make_application
+from crishim.container import Application, make_application, started
 from crishim.cri.runtime.v1 import api_pb2, api_pb2_grpc
 from crishim.server import Server
 
@@ -203,28 +203,19 @@ def _serving(
         from dependency_injector import providers
 
         getattr(app, name).override(providers.Object(value))
-    catalog = app.catalog()
-    server: Server | None = None
-    channel: grpc.Channel | None = None
-    try:
-        catalog.start()
-        server = app.server()
-        server.start()
+    with started(app, grace=grace) as running:
+        server = running.serve()
         channel = grpc.insecure_channel(f"unix:{settings.socket_path}")
-        grpc.channel_ready_future(channel).result(timeout=10)
-        yield RunningShim(
-            app=app,
-            server=server,
-            catalog=catalog,
-            socket_path=settings.socket_path,
-            channel=channel,
-            images=api_pb2_grpc.ImageServiceStub(channel),
-            health=health_pb2_grpc.HealthStub(channel),
-        )
-    finally:
-        if channel is not None:
+        try:
+            grpc.channel_ready_future(channel).result(timeout=10)
+            yield RunningShim(
+                app=app,
+                server=server,
+                catalog=running.catalog,
+                socket_path=settings.socket_path,
+                channel=channel,
+                images=api_pb2_grpc.ImageServiceStub(channel),
+                health=health_pb2_grpc.HealthStub(channel),
+            )
+        finally:
             channel.close()
-        if server is not None:
-            server.stop(grace)
-        catalog.close()
-        app.shutdown_resources()
