@@ -11,6 +11,7 @@ compare what the server says with what was written.
 from __future__ import annotations
 
 import atexit
+import os
 import shutil
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
@@ -232,3 +233,15 @@ def sockdir() -> Iterator[Path]:
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def no_otel_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The ``OTEL_*`` variables of whoever runs the tests must not change them.
+
+    The telemetry tests use it (``pytestmark = pytest.mark.usefixtures("no_otel_env")``)
+    and set the variables they are about themselves.
+    """
+    for name in list(os.environ):
+        if name.startswith("OTEL_"):
+            monkeypatch.delenv(name)

@@ -15,12 +15,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
-import os
-import signal
-import subprocess
-import sys
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -29,7 +24,6 @@ from typing import Any
 
 import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
@@ -38,8 +32,9 @@ from crishim.manager import load_plugins
 from crishim.testing.ocibuild import BuiltImage, LayoutBuilder
 from crishim.testing.server import running_server
 from tests.otlp_receivers import HttpReceiver, receiving
+from tests.telemetry_support import DEMO as OCI_DIR
+from tests.telemetry_support import serving
 
-LAYOUT = Path(__file__).resolve().parents[1] / "examples" / "layouts" / "demo"
 PRESENT = "example.com/crishim/web:1.0"
 ABSENT = "example.com/crishim/absent:1.0"
 PLATFORM = {"os": "linux", "architecture": "amd64"}
@@ -75,11 +70,7 @@ EVERYTHING = {
 }
 
 
-@pytest.fixture(autouse=True)
-def _no_otel_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in list(os.environ):
-        if name.startswith("OTEL_"):
-            monkeypatch.delenv(name)
+pytestmark = pytest.mark.usefixtures("no_otel_env")
 
 
 def _installed_types() -> set[str]:
@@ -225,13 +216,6 @@ def _registry_backend(registry: FakeRegistry) -> dict[str, Any]:
             }
         },
     }
-
-
-OCI_DIR = {
-    "name": "demo",
-    "type": "oci-dir",
-    "options": {"path": str(LAYOUT), "repository": "example.com/crishim/hello"},
-}
 
 
 # -- what must not hold secrets ------------------------------------------------------------------
@@ -387,24 +371,6 @@ def test_an_unsendable_token_is_unauthenticated_and_never_repeated(
         assert token not in caplog.text and token not in error
 
 
-def _wait_ready(sock: Path, proc: subprocess.Popen[str]) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"server exited early: {proc.communicate()}")
-        if sock.exists():
-            with grpc.insecure_channel(f"unix:{sock}") as channel:
-                try:
-                    health_pb2_grpc.HealthStub(channel).Check(
-                        health_pb2.HealthCheckRequest(), timeout=1
-                    )
-                    return
-                except grpc.RpcError:
-                    pass
-        time.sleep(0.05)
-    raise AssertionError("server did not come up")
-
-
 @pytest.fixture
 def http_receiver() -> Iterator[HttpReceiver]:
     for receiver in receiving("http"):
@@ -445,30 +411,12 @@ def test_serve_process_stderr_and_exported_bytes_hold_no_credential(
             }
         )
     )
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "crishim.cli", "serve", "--config", str(config)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
     errors = []
-    try:
-        _wait_ready(sock, proc)
-        with grpc.insecure_channel(f"unix:{sock}") as channel:
-            stub = api_pb2_grpc.ImageServiceStub(channel)
-            for ref, auth in pulls:
-                errors.append(_pull(stub, ref, auth)[1])
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=60) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        stdout, stderr = proc.communicate()
-        for child in sorted(sockdir.rglob("*"), reverse=True):
-            child.unlink() if not child.is_dir() else child.rmdir()
-        sockdir.rmdir()
+    with serving(config, sock) as served, grpc.insecure_channel(f"unix:{sock}") as channel:
+        stub = api_pb2_grpc.ImageServiceStub(channel)
+        for ref, auth in pulls:
+            errors.append(_pull(stub, ref, auth)[1])
+    stdout, stderr = served.stdout, served.stderr
     assert len([s for s in http_receiver.spans() if s.name.endswith("/PullImage")]) == len(pulls)
     _assert_clean("the server's stderr", stderr.splitlines())
     _assert_clean("the server's stdout", stdout.splitlines())
