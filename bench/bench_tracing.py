@@ -1,6 +1,7 @@
 """What tracing costs: ImageStatus calls/s with tracing on against off, in one run.
 
     .venv/bin/python bench/bench_tracing.py [--calls 2500] [--rounds 3] [--floor]
+        [--ratio R] [--sdk-encoder]
 
 Starts ``crishim serve`` on the demo layout twice: tracing off (no
 ``tracing`` section: no interceptor, no plugin spans) and tracing on
@@ -13,9 +14,12 @@ both; the best round of each counts. Also reports server CPU per call (from
 grpcio server answering a canned reply).
 
 With ``--ratio R`` a third server samples a fraction R of root traces
-(``parentbased_traceidratio``), for the cost of sampled tracing.
+(``parentbased_traceidratio``), for the cost of sampled tracing. With
+``--sdk-encoder`` another server traces as "on" does but exports through the
+SDK's own OTLP encoder (bench/sdk_encoder/ on its ``PYTHONPATH``), for what
+crishim's encoder (crishim.telemetry.otlp) saves.
 
-Target (issue #5): tracing on costs at most 10% of calls/s.
+Target (issues #5 and #10): tracing on costs at most 10% of calls/s.
 """
 
 from __future__ import annotations
@@ -164,7 +168,7 @@ def _wait_ready(sock: Path, proc: subprocess.Popen[bytes]) -> None:
 
 
 def start_server(
-    work: Path, name: str, extra: dict[str, Any]
+    work: Path, name: str, extra: dict[str, Any], pythonpath: str = ""
 ) -> tuple[subprocess.Popen[bytes], Path]:
     sock = work / f"{name}.sock"
     if name == "floor":
@@ -189,6 +193,8 @@ def start_server(
             )
         )
         env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+        if pythonpath:
+            env["PYTHONPATH"] = pythonpath
         proc = subprocess.Popen(
             [PY, "-m", "crishim.cli", "serve", "--config", str(config)],
             stdout=subprocess.DEVNULL,
@@ -244,6 +250,11 @@ def main() -> None:
         default=None,
         help="also measure tracing on with parentbased_traceidratio at this ratio",
     )
+    parser.add_argument(
+        "--sdk-encoder",
+        action="store_true",
+        help="also measure tracing on with the SDK's own OTLP encoder",
+    )
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
 
@@ -259,6 +270,8 @@ def main() -> None:
     if args.ratio is not None:
         sampled = {**tracing_on["tracing"], "sampler": "parentbased_traceidratio"}
         configs["ratio"] = {"tracing": {**sampled, "sampler_arg": args.ratio}}
+    if args.sdk_encoder:
+        configs["sdk"] = tracing_on
     if args.floor:
         configs = {"floor": {}, **configs}
     rounds: dict[str, list[dict[str, Any]]] = {name: [] for name in configs}
@@ -268,7 +281,8 @@ def main() -> None:
         servers: dict[str, tuple[subprocess.Popen[bytes], Path]] = {}
         try:
             for name, extra in configs.items():
-                servers[name] = start_server(work, name, extra)
+                path = str(HERE / "sdk_encoder") if name == "sdk" else ""
+                servers[name] = start_server(work, name, extra, path)
             for r in range(args.rounds):
                 for name, (proc, sock) in servers.items():
                     result = measure(proc, sock, args.calls)
@@ -284,7 +298,7 @@ def main() -> None:
     receiver.server.stop(0)
 
     best = {name: max(rs, key=lambda x: x["calls_per_s"]) for name, rs in rounds.items()}
-    calls_on = sum(x["calls"] for x in rounds["on"])
+    calls_on = sum(x["calls"] for name in ("on", "sdk") for x in rounds.get(name, ()))
     off, on = best["off"]["calls_per_s"], best["on"]["calls_per_s"]
     summary: dict[str, Any] = {
         "calls_per_s": {name: round(b["calls_per_s"]) for name, b in best.items()},
@@ -295,11 +309,13 @@ def main() -> None:
         "tracing_cost_pct": round((1 - on / off) * 100, 1),
         "spans_exported": spans_exported,
         "calls_traced": calls_on,
-        "queue_full_warnings": stderr["on"].count("Queue full"),
+        "queue_full_warnings": sum(stderr.get(n, "").count("Queue full") for n in ("on", "sdk")),
         "rounds": rounds,
     }
     if "floor" in best:
         summary["off_vs_floor"] = round(best["floor"]["calls_per_s"] / off, 3)
+    if "sdk" in best:
+        summary["sdk_encoder_cost_pct"] = round((1 - best["sdk"]["calls_per_s"] / off) * 100, 1)
     if "ratio" in best:
         summary[f"ratio_{args.ratio:g}_cost_pct"] = round(
             (1 - best["ratio"]["calls_per_s"] / off) * 100, 1

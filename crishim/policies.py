@@ -29,7 +29,7 @@ from crishim.timed import BackendBusy, BackendTimeout, TimedCaller
 from crishim.types import Decision, ImagePolicy, PullPolicy, PullRequest, ResolvedImage
 
 if TYPE_CHECKING:
-    from crishim.tracing import PluginTelemetry
+    from crishim.telemetry.spans import PluginTelemetry
 
 log = logging.getLogger(__name__)
 

@@ -11,6 +11,7 @@ compare what the server says with what was written.
 from __future__ import annotations
 
 import atexit
+import os
 import shutil
 import subprocess
 import tempfile
@@ -266,3 +267,15 @@ def wait_serving(sock: Path, proc: subprocess.Popen[Any], timeout: float = 30) -
                     pass
         time.sleep(0.05)
     raise AssertionError("server did not come up")
+
+
+@pytest.fixture
+def no_otel_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The ``OTEL_*`` variables of whoever runs the tests must not change them.
+
+    The telemetry tests use it (``pytestmark = pytest.mark.usefixtures("no_otel_env")``)
+    and set the variables they are about themselves.
+    """
+    for name in list(os.environ):
+        if name.startswith("OTEL_"):
+            monkeypatch.delenv(name)

@@ -55,10 +55,10 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind
 from test_conformance import EMBEDDED, standard_setup
 
-from crishim import tracing
 from crishim.config import ConfigError, load_settings
 from crishim.container import make_application
 from crishim.cri.runtime.v1 import api_pb2
+from crishim.telemetry import attributes as tracing
 from crishim.testing.conformance import ContractSetup, CriContract
 from crishim.testing.server import RunningShim, running_server
 from crishim.types import PullAuth, PullRequest

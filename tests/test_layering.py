@@ -165,7 +165,19 @@ def test_plugins_import_no_core_layer_above_the_catalog() -> None:
 
 
 # -- telemetry (crishim/telemetry/) ------------------------------------------------------------
-# The rules of the telemetry package go here once it exists (issue 10): it
-# imports neither crishim.server nor crishim.catalog, and only
-# crishim/telemetry/ imports opentelemetry.sdk. ``importers_of`` and
-# ``imports_of`` above say both in a line each.
+
+TELEMETRY = CRISHIM / "telemetry"
+
+
+def test_telemetry_imports_neither_the_server_nor_the_catalog() -> None:
+    """Telemetry observes calls; it is handed what it observes, never reaches for it."""
+    for path in _sources(TELEMETRY):
+        imported = imports_of(path)
+        for layer in ("crishim.server", "crishim.catalog"):
+            assert _names(imported, layer) == set(), f"{_module(path)} imports {layer}"
+
+
+def test_only_the_telemetry_package_imports_the_opentelemetry_sdk() -> None:
+    importers = importers_of("opentelemetry.sdk", CRISHIM, PLUGINS)
+    assert "crishim.telemetry.setup" in importers  # the rule reads the right tree
+    assert {m for m in importers if not m.startswith("crishim.telemetry.")} == set()

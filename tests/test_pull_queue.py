@@ -42,12 +42,14 @@ from registry.process import RegistryProcess
 from registry.proxy import TamperingProxy
 from registry.push import Pusher
 
-from crishim import pulls, tracing
+from crishim import pulls
 from crishim.errors import TooLarge
-from crishim.metrics import RPC_DURATION
 from crishim.reference import parse
+from crishim.telemetry import attributes as tracing
+from crishim.telemetry.metrics import RPC_DURATION
 from crishim.testing.ocibuild import BuiltImage, LayoutBuilder
 from crishim.testing.server import RunningShim, running_server
+from tests.telemetry_support import metric_points
 
 pytest_plugins = ["registry.fixtures"]
 
@@ -528,17 +530,6 @@ def test_a_pulls_span_has_its_queue_admission_and_blob_events(
         assert names.index("crishim.pull.admitted") < names.index("crishim.pull.blob")
 
 
-def _points(reader: InMemoryMetricReader, name: str) -> list[tuple[dict[str, Any], Any]]:
-    data = reader.get_metrics_data()
-    out = []
-    for rm in data.resource_metrics if data else ():
-        for sm in rm.scope_metrics:
-            for metric in sm.metrics:
-                if metric.name == name:
-                    out.extend((dict(p.attributes or {}), p) for p in metric.data.data_points)
-    return out
-
-
 def test_pull_metrics_bytes_durations_and_the_queue(
     tmp_path: Path,
     registry: RegistryProcess,
@@ -560,7 +551,7 @@ def test_pull_metrics_bytes_durations_and_the_queue(
             when(shim, "the first pull running", lambda s: s["running"] == 1)
             two = pull_future(shim, ref)  # the same image: it joins, fetching nothing
             when(shim, "the second pull queued", lambda s: s["queued"] == 1)
-            assert [p.value for _, p in _points(reader, pulls.PULL_QUEUE)] == [1]
+            assert [p.value for _, p in metric_points(reader, pulls.PULL_QUEUE)] == [1]
             refused = pull_error(shim, queue_images.ref(11), timeout=10)
             assert refused.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
             clean_proxy.released.set()
@@ -568,15 +559,15 @@ def test_pull_metrics_bytes_durations_and_the_queue(
             two.result(timeout=30)
         missing = pull_error(shim, f"{queue_images.host}/test/queue-00:absent", timeout=10)
         assert missing.code() == grpc.StatusCode.NOT_FOUND
-        assert [p.value for _, p in _points(reader, pulls.PULL_QUEUE)] == [0]
+        assert [p.value for _, p in metric_points(reader, pulls.PULL_QUEUE)] == [0]
         durations = {
             (a["crishim.backend"], a["crishim.pull.outcome"]): p.count
-            for a, p in _points(reader, pulls.PULL_DURATION)
+            for a, p in metric_points(reader, pulls.PULL_DURATION)
         }
-        pulled = {a["crishim.backend"]: p.value for a, p in _points(reader, pulls.PULL_BYTES)}
+        pulled = {a["crishim.backend"]: p.value for a, p in metric_points(reader, pulls.PULL_BYTES)}
         calls = {
             a["rpc.response.status_code"]: p.count
-            for a, p in _points(reader, RPC_DURATION)
+            for a, p in metric_points(reader, RPC_DURATION)
             if a["rpc.method"] == "PullImage"
         }
     assert durations == {("cache", "ok"): 2, ("cache", "NOT_FOUND"): 1}

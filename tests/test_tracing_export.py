@@ -6,10 +6,7 @@ what the receivers get before that came from the flush of a graceful stop.
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +14,6 @@ from typing import Any
 
 import grpc
 import pytest
-from conftest import DEMO_BACKEND, wait_serving
 
 from crishim.cri.runtime.v1 import api_pb2, api_pb2_grpc
 from crishim.testing.server import running_server
@@ -28,19 +24,12 @@ from tests.otlp_receivers import (
     HttpReceiver,
     receiving,
 )
+from tests.telemetry_support import DEMO, HIT, STATUS, serving
 
-HIT = "example.com/crishim/web:1.0"
-DEMO = DEMO_BACKEND
 TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
 PARENT_ID = "b7ad6b7169203331"
-STATUS = "runtime.v1.ImageService/ImageStatus"
 
-
-@pytest.fixture(autouse=True)
-def _no_otel_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in list(os.environ):
-        if name.startswith("OTEL_"):
-            monkeypatch.delenv(name)
+pytestmark = pytest.mark.usefixtures("no_otel_env")
 
 
 @pytest.fixture(params=["grpc", "http"])
@@ -85,7 +74,7 @@ def test_spans_and_metrics_arrive_after_a_graceful_stop(
     assert hit.attributes["crishim.image.id"] == image_id
     assert hit.attributes["rpc.method"] == "ImageStatus"
     assert hit.resource["service.name"] == "crishim-test"
-    assert hit.scope == "opentelemetry.instrumentation.grpc"
+    assert hit.scope == "crishim"
     kids = [s for s in spans if s.parent_span_id == hit.span_id]
     assert [(k.name, k.kind) for k in kids if k.name.startswith("get_image")][:1] == [
         ("get_image demo", SPAN_KIND_INTERNAL)
@@ -94,11 +83,38 @@ def test_spans_and_metrics_arrive_after_a_graceful_stop(
     assert {"rpc.server.call.duration", "crishim.backend.calls"} <= receiver.metric_names()
 
 
+def test_the_environment_alone_is_read_by_the_sdk(
+    receiver: GrpcReceiver | HttpReceiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No tracing or metrics section: the SDK's own OTEL_* handling, OTEL_BSP_* included."""
+    protocol = "grpc" if isinstance(receiver, GrpcReceiver) else "http/protobuf"
+    for name, value in {
+        "OTEL_TRACES_EXPORTER": "otlp",
+        "OTEL_METRICS_EXPORTER": "otlp",
+        "OTEL_EXPORTER_OTLP_PROTOCOL": protocol,
+        # the base URL: the SDK's HTTP exporters add /v1/traces and /v1/metrics
+        "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
+        "OTEL_EXPORTER_OTLP_HEADERS": "x-test-tenant=from-env",
+        "OTEL_TRACES_SAMPLER": "always_on",
+        # 5 s unless the SDK reads it; the spans must arrive long before that
+        "OTEL_BSP_SCHEDULE_DELAY": "100",
+        "OTEL_METRIC_EXPORT_INTERVAL": "100",
+        "OTEL_SERVICE_NAME": "from-env",
+    }.items():
+        monkeypatch.setenv(name, value)
+    with running_server({"backends": [DEMO]}) as shim:
+        assert shim.status(HIT).HasField("image")
+        assert receiver.wait_for(lambda: bool(receiver.spans()), timeout=3)
+        assert receiver.wait_for(lambda: "rpc.server.call.duration" in receiver.metric_names())
+    (server,) = [s for s in receiver.spans() if s.kind == SPAN_KIND_SERVER]
+    assert server.name == STATUS
+    assert server.resource["service.name"] == "from-env"
+    assert all(h.get("x-test-tenant") == "from-env" for h in receiver.headers)
+
+
 def test_crishim_serve_flushes_on_sigterm(
     tmp_path: Path, receiver: GrpcReceiver | HttpReceiver, sockdir: Path
 ) -> None:
-    import json
-
     sock = sockdir / "crishim.sock"
     config = tmp_path / "c.yaml"
     config.write_text(
@@ -111,30 +127,12 @@ def test_crishim_serve_flushes_on_sigterm(
             }
         )
     )
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "crishim.cli", "serve", "--config", str(config)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
-    try:
-        wait_serving(sock, proc)
-        with grpc.insecure_channel(f"unix:{sock}") as channel:
-            stub = api_pb2_grpc.ImageServiceStub(channel)
-            request = api_pb2.ImageStatusRequest(image=api_pb2.ImageSpec(image=HIT))
-            metadata = [("traceparent", f"00-{TRACE_ID}-{PARENT_ID}-01")]
-            assert stub.ImageStatus(request, timeout=10, metadata=metadata).HasField("image")
-        proc.send_signal(signal.SIGTERM)
-        # drain both pipes while it stops: a full pipe would block its exit
-        _, stderr = proc.communicate(timeout=60)
-        assert proc.returncode == 0, stderr
-    finally:
-        if proc.poll() is None or (proc.stderr is not None and not proc.stderr.closed):
-            proc.kill()
-            _, stderr = proc.communicate()
-        sockdir.rmdir() if sockdir.exists() and not any(sockdir.iterdir()) else None
+    with serving(config, sock) as served, grpc.insecure_channel(f"unix:{sock}") as channel:
+        stub = api_pb2_grpc.ImageServiceStub(channel)
+        request = api_pb2.ImageStatusRequest(image=api_pb2.ImageSpec(image=HIT))
+        metadata = [("traceparent", f"00-{TRACE_ID}-{PARENT_ID}-01")]
+        assert stub.ImageStatus(request, timeout=10, metadata=metadata).HasField("image")
+    stderr = served.stderr
     assert "tracing: on:" in stderr
     servers = [s for s in receiver.spans() if s.kind == SPAN_KIND_SERVER]
     assert len(servers) == 1, stderr

@@ -15,10 +15,6 @@ from __future__ import annotations
 import base64
 import json
 import logging
-import os
-import signal
-import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -28,7 +24,6 @@ from typing import Any
 
 import grpc
 import pytest
-from conftest import DEMO_BACKEND, wait_serving
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
@@ -37,6 +32,8 @@ from crishim.manager import load_plugins
 from crishim.testing.ocibuild import BuiltImage, LayoutBuilder
 from crishim.testing.server import running_server
 from tests.otlp_receivers import HttpReceiver, receiving
+from tests.telemetry_support import DEMO as OCI_DIR
+from tests.telemetry_support import serving
 
 PRESENT = "example.com/crishim/web:1.0"
 ABSENT = "example.com/crishim/absent:1.0"
@@ -73,11 +70,7 @@ EVERYTHING = {
 }
 
 
-@pytest.fixture(autouse=True)
-def _no_otel_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in list(os.environ):
-        if name.startswith("OTEL_"):
-            monkeypatch.delenv(name)
+pytestmark = pytest.mark.usefixtures("no_otel_env")
 
 
 def _installed_types() -> set[str]:
@@ -223,9 +216,6 @@ def _registry_backend(registry: FakeRegistry) -> dict[str, Any]:
             }
         },
     }
-
-
-OCI_DIR = DEMO_BACKEND
 
 
 # -- what must not hold secrets ------------------------------------------------------------------
@@ -421,32 +411,12 @@ def test_serve_process_stderr_and_exported_bytes_hold_no_credential(
             }
         )
     )
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "crishim.cli", "serve", "--config", str(config)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
     errors = []
-    try:
-        wait_serving(sock, proc)
-        with grpc.insecure_channel(f"unix:{sock}") as channel:
-            stub = api_pb2_grpc.ImageServiceStub(channel)
-            for ref, auth in pulls:
-                errors.append(_pull(stub, ref, auth)[1])
-        proc.send_signal(signal.SIGTERM)
-        # read both pipes while it stops: its debug log can outgrow a pipe's buffer
-        stdout, stderr = proc.communicate(timeout=60)
-        assert proc.returncode == 0
-    finally:
-        if proc.poll() is None or (proc.stderr is not None and not proc.stderr.closed):
-            proc.kill()
-            stdout, stderr = proc.communicate()
-        for child in sorted(sockdir.rglob("*"), reverse=True):
-            child.unlink() if not child.is_dir() else child.rmdir()
-        sockdir.rmdir()
+    with serving(config, sock) as served, grpc.insecure_channel(f"unix:{sock}") as channel:
+        stub = api_pb2_grpc.ImageServiceStub(channel)
+        for ref, auth in pulls:
+            errors.append(_pull(stub, ref, auth)[1])
+    stdout, stderr = served.stdout, served.stderr
     assert len([s for s in http_receiver.spans() if s.name.endswith("/PullImage")]) == len(pulls)
     _assert_clean("the server's stderr", stderr.splitlines())
     _assert_clean("the server's stdout", stdout.splitlines())
