@@ -40,18 +40,22 @@ from crishim import reference
 from crishim.errors import DataLoss, InvalidRequest
 from crishim.oci.spec import (
     CONTAINERD_NAME,
-    DIGEST_RE,
     DOCKER_CONFIG,
     DOCKER_LAYER,
     DOCKER_LAYER_GZIP,
     DOCKER_MANIFEST,
     MAX_JSON_BLOB,
     REF_NAME,
+    InvalidContent,
+    blob_path,
     digest_of,
+    is_valid_digest,
+    json_object,
+    parse_json,
 )
 from crishim.reference import Reference
 
-from .client import ByteSink, Deadline, Fetched, json_object
+from .client import ByteSink, Deadline, Fetched
 
 CHUNK = 1024 * 1024
 
@@ -186,9 +190,9 @@ def _read_small(files: Files, name: str, what: str) -> bytes:
 
 def _json(data: bytes, what: str) -> Any:
     try:
-        return json.loads(data)
-    except (ValueError, RecursionError) as exc:
-        raise ArchiveError(f"{what} is not valid JSON: {exc}") from None
+        return parse_json(data, what)
+    except InvalidContent as exc:
+        raise ArchiveError(str(exc)) from None
 
 
 @dataclass
@@ -221,7 +225,10 @@ class ArchiveSource:
         if actual != digest:
             raise DataLoss(f"{self.where()}: manifest {digest} has digest {actual}")
         if not media_type:
-            parsed = json_object(data, f"{self.where()}: manifest {digest}")
+            try:
+                parsed = json_object(data, f"{self.where()}: manifest {digest}")
+            except InvalidContent as exc:
+                raise DataLoss(str(exc)) from None
             inner = parsed.get("mediaType")
             media_type = inner if isinstance(inner, str) else ""
         return Fetched(digest, media_type, data, self.origin)
@@ -307,10 +314,10 @@ def _images(files: Files) -> list[ArchiveImage]:
 
 
 def _blob_name(digest: str) -> str:
-    if not DIGEST_RE.match(digest):
-        raise DataLoss(f"invalid digest {digest[:80]!r}")
-    algorithm, _, hexpart = digest.partition(":")
-    return f"blobs/{algorithm}/{hexpart}"
+    try:
+        return blob_path(digest)
+    except InvalidContent as exc:
+        raise DataLoss(str(exc)) from None
 
 
 def _oci_images(files: Files, data: bytes) -> list[ArchiveImage]:
@@ -323,7 +330,7 @@ def _oci_images(files: Files, data: bytes) -> list[ArchiveImage]:
         if not isinstance(entry, dict) or not isinstance(entry.get("digest"), str):
             raise ArchiveError(f"{files.origin}: index.json entry {i} is not a descriptor")
         digest = entry["digest"]
-        if not DIGEST_RE.match(digest):
+        if not is_valid_digest(digest):
             raise ArchiveError(f"{files.origin}: index.json entry {i} has digest {digest!r}")
         names = _entry_names(entry, f"{files.origin}: index.json entry {i}")
 
@@ -456,7 +463,7 @@ def _layer(files: Files, name: str, diff_id: object, what: str) -> tuple[str, in
     with stream:
         magic = stream.read(2)
         if magic != b"\x1f\x8b":
-            if not isinstance(diff_id, str) or not DIGEST_RE.match(diff_id):
+            if not isinstance(diff_id, str) or not is_valid_digest(diff_id):
                 raise ArchiveError(f"{what}: diff ID {diff_id!r} of {name} is not a digest")
             return diff_id, size, DOCKER_LAYER
         h = hashlib.sha256(magic)
