@@ -121,6 +121,19 @@ class LayoutIndex:
         remaining = tuple(r for r in self.results if r.key not in keys)
         return Removal(image_id, keys, doomed, remaining)
 
+    def follow(
+        self,
+        refresh: Callable[[], object],
+        stop: threading.Event,
+        interval: float,
+        *,
+        notify: bool,
+    ) -> threading.Thread:
+        """Run ``refresh()`` whenever index.json changes (see :func:`follow`)."""
+        return follow(
+            self.name, self.layout.root, self.changed, refresh, stop, interval, notify=notify
+        )
+
     def live_blobs(self) -> set[str]:
         """Every blob an entry reaches."""
         live: set[str] = set()
@@ -166,13 +179,14 @@ def follow(
     interval: float,
     *,
     notify: bool,
-) -> None:
+) -> threading.Thread:
     """Call ``refresh()`` whenever ``changed()`` says index.json changed, until ``stop``.
 
-    ``changed()`` is asked every ``interval`` seconds and, with
-    ``notify``, as soon as inotify reports a write of ``root/index.json``
-    (watchfiles; polling alone if it fails). A refresh that raises is
-    logged, and the previous index stays.
+    On a thread of its own (returned, started): ``changed()`` is asked
+    every ``interval`` seconds and, with ``notify``, as soon as inotify
+    reports a write of ``root/index.json`` (watchfiles; polling alone if
+    it fails). A refresh that raises is logged, and the previous index
+    stays.
     """
 
     def check() -> None:
@@ -183,26 +197,31 @@ def follow(
         except Exception:
             log.exception("backend %s: re-index failed; still serving the previous index", name)
 
-    if notify:
-        try:
-            import watchfiles
+    def watch() -> None:
+        if notify:
+            try:
+                import watchfiles
 
-            for _ in watchfiles.watch(
-                root,
-                watch_filter=lambda change, path: os.path.basename(path) == "index.json",
-                debounce=200,
-                step=50,
-                stop_event=stop,
-                rust_timeout=int(interval * 1000),
-                yield_on_timeout=True,
-                recursive=False,
-                raise_interrupt=False,
-            ):
-                check()
-            return
-        except Exception:
-            if stop.is_set():
+                for _ in watchfiles.watch(
+                    root,
+                    watch_filter=lambda change, path: os.path.basename(path) == "index.json",
+                    debounce=200,
+                    step=50,
+                    stop_event=stop,
+                    rust_timeout=int(interval * 1000),
+                    yield_on_timeout=True,
+                    recursive=False,
+                    raise_interrupt=False,
+                ):
+                    check()
                 return
-            log.exception("backend %s: watcher failed; falling back to polling", name)
-    while not stop.wait(interval):
-        check()
+            except Exception:
+                if stop.is_set():
+                    return
+                log.exception("backend %s: watcher failed; falling back to polling", name)
+        while not stop.wait(interval):
+            check()
+
+    thread = threading.Thread(target=watch, name=f"{name}-watch", daemon=True)
+    thread.start()
+    return thread

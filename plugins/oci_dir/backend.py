@@ -27,7 +27,7 @@ from crishim import reference
 from crishim.config import ExistingDirectory
 from crishim.errors import BackendError, ReadOnly
 from crishim.model import FilesystemUsage, ImageRecord
-from crishim.oci.indexing import LayoutIndex, Removal, follow, rewrite_making_room
+from crishim.oci.indexing import LayoutIndex, Removal, rewrite_making_room
 from crishim.oci.layout import BrokenEntry, EntryResult, Layout, Scan, file_identity
 from crishim.oci.snapshot import Loaded, SnapshotKeeper
 from crishim.oci.usage import UsageMeter
@@ -122,21 +122,12 @@ class OciDirBackend(IndexedBackend):
             len(self.index),
             time.monotonic() - started,
         )
-        self._watcher = threading.Thread(
-            target=follow,
-            args=(
-                self.name,
-                self.root,
-                self.entries.changed,
-                self._refresh_changed,
-                self._stop,
-                self.options.rescan_interval,
-            ),
-            kwargs={"notify": self.options.watch},
-            name=f"{self.name}-watch",
-            daemon=True,
+        self._watcher = self.entries.follow(
+            self._refresh_changed,
+            self._stop,
+            self.options.rescan_interval,
+            notify=self.options.watch,
         )
-        self._watcher.start()
 
     def close(self) -> None:
         self._stop.set()

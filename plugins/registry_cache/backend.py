@@ -37,7 +37,7 @@ from typing import Any
 from crishim.errors import BackendError, Unavailable
 from crishim.model import FilesystemUsage, ImageRecord
 from crishim.oci.atomic import fault_point
-from crishim.oci.indexing import LayoutIndex, follow, rewrite_making_room
+from crishim.oci.indexing import LayoutIndex, rewrite_making_room
 from crishim.oci.layout import CONTAINERD_NAME, BrokenEntry, Layout, entry_key
 from crishim.oci.store import ContentStore, StoreError
 from crishim.reference import Reference
@@ -115,21 +115,9 @@ class RegistryCacheBackend(IndexedBackend):
             self._sweep_orphans(ORPHAN_GRACE_SECONDS)
         log.info("backend %s: %d images in store %s", self.name, len(self.index), self.root)
         # index.json changes made by another process (``crishim pull``)
-        self._watcher = threading.Thread(
-            target=follow,
-            args=(
-                self.name,
-                self.root,
-                self.entries.changed,
-                self._reread,
-                self._stop,
-                self.options.rescan_interval,
-            ),
-            kwargs={"notify": False},
-            name=f"{self.name}-watch",
-            daemon=True,
+        self._watcher = self.entries.follow(
+            self._reread, self._stop, self.options.rescan_interval, notify=False
         )
-        self._watcher.start()
 
     def close(self) -> None:
         self._stop.set()
