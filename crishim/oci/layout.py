@@ -21,16 +21,14 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import sys
-import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from crishim import reference
-from crishim.model import FilesystemUsage, Platform
+from crishim.model import Platform
 from crishim.oci.atomic import atomic_write, fsync_dir, stale_temp_files
 from crishim.oci.resolve import (
     BrokenEntry,
@@ -46,7 +44,6 @@ from crishim.oci.spec import (
     CONFIG_TYPES,
     CONFIGLESS_TYPES,
     CONTAINERD_NAME,
-    DIGEST_RE,
     DOCKER_CONFIG,
     DOCKER_LIST,
     DOCKER_MANIFEST,
@@ -60,11 +57,15 @@ from crishim.oci.spec import (
     OCI_INDEX,
     OCI_MANIFEST,
     REF_NAME,
+    InvalidContent,
+    blob_path,
     chain_id,
+    parse_json,
 )
+from crishim.oci.usage import measure, mountpoint_of
 
-# Names other modules have imported from here; crishim.oci.spec and
-# crishim.oci.resolve own them now.
+# Names other modules have imported from here; crishim.oci.spec,
+# crishim.oci.resolve and crishim.oci.usage own them now.
 __all__ = [
     "CONFIGLESS_TYPES",
     "CONFIG_TYPES",
@@ -85,6 +86,7 @@ __all__ = [
     "BrokenEntry",
     "EntryKey",
     "EntryResult",
+    "FileIdentity",
     "Layout",
     "Scan",
     "chain_id",
@@ -99,6 +101,9 @@ log = logging.getLogger(__name__)
 #: index.json larger than this is refused (100,000 entries take about 40 MB).
 MAX_INDEX_JSON = 1024 * 1024 * 1024
 
+#: (inode, size, mtime_ns) of a file: what tells a changed index.json.
+FileIdentity = tuple[int, int, int]
+
 
 @dataclass(frozen=True, slots=True)
 class Scan:
@@ -107,7 +112,7 @@ class Scan:
     reused: int
 
 
-def file_identity(path: Path) -> tuple[int, int, int] | None:
+def file_identity(path: Path) -> FileIdentity | None:
     """(inode, size, mtime_ns) of a file, or None: what tells a changed index.json."""
     try:
         st = path.stat()
@@ -137,10 +142,10 @@ class Layout:
     @staticmethod
     def _blob_file(digest: object) -> str:
         """``blobs/<algorithm>/<hex>``: the digest grammar (hex only) keeps it a name."""
-        if not isinstance(digest, str) or not DIGEST_RE.match(digest):
-            raise BrokenEntry(f"invalid digest {digest!r}")
-        algorithm, _, hexpart = digest.partition(":")
-        return f"blobs/{algorithm}/{hexpart}"
+        try:
+            return blob_path(digest)
+        except InvalidContent as exc:
+            raise BrokenEntry(str(exc)) from None
 
     def read_blob(self, digest: str, limit: int) -> bytes:
         """A blob's first ``limit`` bytes (the BlobReader the resolver uses)."""
@@ -192,9 +197,9 @@ class Layout:
     def check_marker(self) -> None:
         data = self._read_small("oci-layout", 4096, missing="not an OCI image layout: ")
         try:
-            marker = json.loads(data)
-        except (ValueError, RecursionError) as exc:
-            raise BrokenEntry(f"{self.root}/oci-layout is not valid JSON: {exc}") from None
+            marker = parse_json(data, f"{self.root}/oci-layout")
+        except InvalidContent as exc:
+            raise BrokenEntry(str(exc)) from None
         if not isinstance(marker, dict) or "imageLayoutVersion" not in marker:
             raise BrokenEntry(f"{self.root}/oci-layout has no imageLayoutVersion")
 
@@ -203,11 +208,9 @@ class Layout:
 
     def parse_index(self, data: bytes) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         try:
-            index = json.loads(data)
-        except ValueError as exc:
-            raise BrokenEntry(f"{self.index_path} is not valid JSON: {exc}") from None
-        except RecursionError:
-            raise BrokenEntry(f"{self.index_path} is nested too deep to be an index") from None
+            index = parse_json(data, str(self.index_path))
+        except InvalidContent as exc:
+            raise BrokenEntry(str(exc)) from None
         manifests = index.get("manifests") if isinstance(index, dict) else None
         if not isinstance(manifests, list):
             raise BrokenEntry(f"{self.index_path} has no manifests list")
@@ -287,48 +290,3 @@ class Layout:
         for directory in touched:
             fsync_dir(self.root / directory)
         return count
-
-
-def _walk(root: Path) -> Iterator[os.stat_result]:
-    stack = [str(root)]
-    while stack:
-        current = stack.pop()
-        try:
-            with os.scandir(current) as it:
-                for item in it:
-                    st = item.stat(follow_symlinks=False)
-                    yield st
-                    if item.is_dir(follow_symlinks=False):
-                        stack.append(item.path)
-        except OSError:
-            continue
-
-
-def mountpoint_of(path: Path) -> str:
-    """The mountpoint of the filesystem holding ``path``."""
-    current = path.resolve()
-    dev = current.stat().st_dev
-    while current != current.parent:
-        parent = current.parent
-        try:
-            if parent.stat().st_dev != dev:
-                break
-        except OSError:
-            break
-        current = parent
-    return str(current)
-
-
-def measure(root: Path) -> FilesystemUsage:
-    """Bytes (allocated blocks) and inodes the directory occupies, and where."""
-    used = 0
-    inodes = 1
-    for st in _walk(root):
-        used += st.st_blocks * 512
-        inodes += 1
-    return FilesystemUsage(
-        mountpoint=mountpoint_of(root),
-        used_bytes=used,
-        inodes_used=inodes,
-        timestamp_ns=time.time_ns(),
-    )

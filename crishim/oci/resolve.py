@@ -25,8 +25,6 @@ Checks made on every entry (a failing entry is reported, never raised):
 from __future__ import annotations
 
 import hashlib
-import json
-import re
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -34,24 +32,34 @@ from typing import Any, Protocol
 
 from crishim import reference
 from crishim.model import NO_ANNOTATIONS, ImageRecord, Platform
+from crishim.oci.names import EntryKey, entry_key, entry_names
 from crishim.oci.spec import (
     CONFIG_TYPES,
     CONFIGLESS_TYPES,
-    CONTAINERD_NAME,
-    DIGEST_RE,
     EMBEDDED_MANIFEST,
     INDEX_TYPES,
     MANIFEST_TYPES,
     MAX_JSON_BLOB,
-    REF_NAME,
+    InvalidContent,
     artifact_type,
+    choose_platform,
+    descriptor_fields,
+    is_valid_digest,
+    json_object,
 )
 
-_JSON_CACHE_SIZE = 512
-_BARE_TAG_RE = re.compile(r"^[\w][\w.-]{0,127}$")
+__all__ = [
+    "BlobReader",
+    "BrokenEntry",
+    "EntryKey",
+    "EntryResult",
+    "MissingBlob",
+    "Resolver",
+    "UnreadableBlob",
+    "entry_key",
+]
 
-#: (entry digest, io.containerd.image.name, org.opencontainers.image.ref.name)
-EntryKey = tuple[str, str, str]
+_JSON_CACHE_SIZE = 512
 
 
 class BrokenEntry(Exception):
@@ -77,17 +85,6 @@ class EntryResult:
     closure: tuple[str, ...] = ()
     #: False when part of the closure could not be read: GC then keeps everything.
     complete: bool = True
-
-
-def entry_key(entry: Mapping[str, Any]) -> EntryKey:
-    annotations = entry.get("annotations")
-    if not isinstance(annotations, dict):
-        annotations = {}
-    return (
-        sys.intern(str(entry.get("digest", ""))),
-        str(annotations.get(CONTAINERD_NAME, "")),
-        str(annotations.get(REF_NAME, "")),
-    )
 
 
 class BlobReader(Protocol):
@@ -116,29 +113,6 @@ def _annotations(manifest: Mapping[str, Any]) -> Mapping[str, str]:
     if isinstance(annotations, dict) and annotations:
         return {str(k): str(v) for k, v in annotations.items()}
     return NO_ANNOTATIONS
-
-
-def _complete_ref_name(value: str, repository: str) -> str | None:
-    """An ``org.opencontainers.image.ref.name`` value as a reference to parse.
-
-    The OCI layout spec makes it a tag; containerd's exporter writes what
-    follows the repository in the image's name: ``tag``, ``tag@<digest>``
-    or, for an image named by digest only, ``@<digest>``; a bare
-    ``<digest>`` is read the same way. These are completed with
-    ``repository``. Without one, a tag alone is read as a name (``busybox``)
-    and a digest alone names nothing (None). Anything else is a full
-    reference already.
-    """
-    tag, at, digest = value.partition("@")
-    if not at and DIGEST_RE.match(value):
-        tag, at, digest = "", "@", value
-    if at and (not tag or _BARE_TAG_RE.match(tag)):
-        if repository:
-            return f"{repository}:{tag}@{digest}" if tag else f"{repository}@{digest}"
-        return value if tag else None
-    if _BARE_TAG_RE.match(value) and repository:
-        return f"{repository}:{value}"
-    return value
 
 
 class Resolver:
@@ -182,18 +156,17 @@ class Resolver:
     # -- blobs -----------------------------------------------------------
 
     @staticmethod
-    def _digest(digest: object) -> str:
-        # The digest grammar (hex only) is what keeps paths inside blobs/.
-        if not isinstance(digest, str) or not DIGEST_RE.match(digest):
-            raise BrokenEntry(f"invalid digest {digest!r}")
-        return digest
+    def _descriptor(descriptor: Mapping[str, Any], what: str) -> tuple[str, int]:
+        """(digest, size) of a descriptor; the digest grammar keeps paths inside blobs/."""
+        try:
+            digest, size, _ = descriptor_fields(descriptor, what)
+        except InvalidContent as exc:
+            raise BrokenEntry(str(exc)) from None
+        return digest, size
 
     def read_json(self, descriptor: Mapping[str, Any], what: str) -> tuple[dict[str, Any], bytes]:
         """(parsed, raw bytes) of a JSON blob, checked against its descriptor."""
-        digest = self._digest(descriptor.get("digest"))
-        size = descriptor.get("size")
-        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-            raise BrokenEntry(f"{what} {digest}: invalid size {size!r}")
+        digest, size = self._descriptor(descriptor, what)
         cached = self._json.get(digest)
         if cached is not None:
             if len(cached[1]) != size:
@@ -218,13 +191,9 @@ class Resolver:
         if hashlib.new(algorithm, data).hexdigest() != expected:
             raise BrokenEntry(f"{what} blob {digest} does not match its digest")
         try:
-            parsed = json.loads(data)
-        except ValueError as exc:
-            raise BrokenEntry(f"{what} blob {digest} is not valid JSON: {exc}") from None
-        except RecursionError:
-            raise BrokenEntry(f"{what} blob {digest} is nested too deep") from None
-        if not isinstance(parsed, dict):
-            raise BrokenEntry(f"{what} blob {digest} is not a JSON object")
+            parsed = json_object(data, f"{what} blob {digest}")
+        except InvalidContent as exc:
+            raise BrokenEntry(str(exc)) from None
         if len(self._json) >= _JSON_CACHE_SIZE:
             self._json.clear()
         self._json[digest] = (parsed, data)
@@ -232,10 +201,7 @@ class Resolver:
 
     def check_layer(self, descriptor: Mapping[str, Any], what: str = "layer") -> int:
         """The blob's size, once it is found stored with the size its descriptor gives."""
-        digest = self._digest(descriptor.get("digest"))
-        size = descriptor.get("size")
-        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-            raise BrokenEntry(f"{what} {digest}: invalid size {size!r}")
+        digest, size = self._descriptor(descriptor, what)
         actual = self._layer_sizes.get(digest)
         if actual is None:
             try:
@@ -252,37 +218,11 @@ class Resolver:
     # -- names -----------------------------------------------------------
 
     def names(self, entry: Mapping[str, Any]) -> list[reference.Reference]:
-        """The normalised names an entry gives its image."""
-        annotations = entry.get("annotations")
-        if annotations is None:
-            return []
-        if not isinstance(annotations, dict):
-            raise BrokenEntry("annotations is not a JSON object")
-        out: list[reference.Reference] = []
-        for key in (CONTAINERD_NAME, REF_NAME):
-            value = annotations.get(key)
-            if not isinstance(value, str) or not value:
-                continue
-            text = value
-            if key == REF_NAME:
-                # a bare tag or digest: of the configured repository, else of
-                # the containerd name's repository (as containerd exports write)
-                repository = self.repository or (out[0].repository if out else "")
-                completed = _complete_ref_name(value, repository)
-                if completed is None:
-                    continue
-                text = completed
-            try:
-                ref = reference.parse(text)
-            except reference.ReferenceError as exc:
-                raise BrokenEntry(f"annotation {key}={value!r}: {exc}") from None
-            if ref.kind is not reference.RefKind.NAME:
-                if ref.also_name is None:
-                    raise BrokenEntry(f"annotation {key}={value!r} is an image ID, not a name")
-                ref = ref.also_name
-            if ref not in out:
-                out.append(ref)
-        return out
+        """The normalised names an entry gives its image (see :func:`entry_names`)."""
+        try:
+            return entry_names(entry, self.repository)
+        except InvalidContent as exc:
+            raise BrokenEntry(str(exc)) from None
 
     # -- resolution ------------------------------------------------------
 
@@ -293,32 +233,12 @@ class Resolver:
             media_type = blob.get("mediaType")
         return media_type if isinstance(media_type, str) else ""
 
-    def _pick_platform(self, manifests: Any) -> Mapping[str, Any] | None:
-        if not isinstance(manifests, list):
-            raise BrokenEntry("image index has no manifests list")
-        fallback = None
-        for candidate in manifests:
-            if not isinstance(candidate, dict):
-                continue
-            plat = candidate.get("platform") or {}
-            if not isinstance(plat, dict):
-                continue
-            os_name, arch = plat.get("os", ""), plat.get("architecture", "")
-            variant = plat.get("variant", "") or ""
-            if not self.platform.matches(os_name, arch, variant):
-                continue
-            if variant == self.platform.variant:
-                return candidate
-            if fallback is None:
-                fallback = candidate
-        return fallback
-
     def resolve(self, entry: Mapping[str, Any]) -> EntryResult:
         """The record (or problem) and blob closure of one entry."""
         key = entry_key(entry)
         closure: dict[str, None] = {}
         digest = entry.get("digest")
-        if isinstance(digest, str) and DIGEST_RE.match(digest):
+        if isinstance(digest, str) and is_valid_digest(digest):
             closure[digest] = None
         try:
             record = self._record(entry, closure)
@@ -487,10 +407,13 @@ class Resolver:
             raise BrokenEntry(f"unsupported media type {media_type or '(none)'!r}")
         if depth >= 2:
             raise BrokenEntry("image indexes nested too deep")
-        chosen = self._pick_platform(blob.get("manifests"))
+        manifests = blob.get("manifests")
+        if not isinstance(manifests, list):
+            raise BrokenEntry("image index has no manifests list")
+        chosen = choose_platform(manifests, self.platform)
         if chosen is None:
             raise BrokenEntry(f"no manifest for platform {self.platform}")
-        return self._resolve_manifest(chosen, closure, depth + 1)
+        return self._resolve_manifest(manifests[chosen], closure, depth + 1)
 
     def _complete_closure(self, entry: Mapping[str, Any], closure: dict[str, None]) -> bool:
         """Add the blobs of the other platforms of an index to ``closure``."""
@@ -509,7 +432,7 @@ class Resolver:
                 # embedded layers are host paths; schema 1 names blobs in fsLayers
                 for layer in blob.get("fsLayers") or ():
                     blob_sum = layer.get("blobSum") if isinstance(layer, dict) else None
-                    if isinstance(blob_sum, str) and DIGEST_RE.match(blob_sum):
+                    if isinstance(blob_sum, str) and is_valid_digest(blob_sum):
                         closure[blob_sum] = None
                 continue
             if media_type in INDEX_TYPES:
@@ -519,7 +442,7 @@ class Resolver:
                 continue
             for child in (blob.get("config"), *(blob.get("layers") or ())):
                 if isinstance(child, dict) and isinstance(child.get("digest"), str):
-                    if DIGEST_RE.match(child["digest"]):
+                    if is_valid_digest(child["digest"]):
                         closure[child["digest"]] = None
                     else:
                         complete = False

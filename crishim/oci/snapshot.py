@@ -14,21 +14,30 @@ the sha256 of the ``index.json`` it was made from. It is used only when
 and it is *served* without a re-scan only when ``index.json`` still has
 the recorded sha256. Otherwise its entries seed an incremental re-scan:
 entries already known are reused, new ones are read.
+
+:class:`SnapshotKeeper` is a backend's use of one: loaded at start-up,
+written in the background once a burst of changes settles (the latest
+scan wins), and what is pending written at close.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import marshal
 import sys
+import threading
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
 from crishim.model import NO_ANNOTATIONS, FilesystemUsage, ImageRecord
 from crishim.oci.atomic import atomic_write
-from crishim.oci.layout import EntryResult
+from crishim.oci.coalesce import Coalesced
+from crishim.oci.layout import FileIdentity, Layout, Scan
+from crishim.oci.resolve import BrokenEntry, EntryResult
 
 log = logging.getLogger(__name__)
 
@@ -179,3 +188,79 @@ def load(path: Path, settings: dict[str, str]) -> Loaded:
     if isinstance(raw, list) and len(raw) == 3 and all(isinstance(x, int) for x in raw):
         identity = (raw[0], raw[1], raw[2])
     return Loaded(results, index_sha, identity, usage)
+
+
+class SnapshotKeeper:
+    """One backend's snapshot file (none when ``path`` is None).
+
+    Writing tens of MB at 100,000 images holds the interpreter for a
+    while: a write waits ``delay`` seconds so that a burst of changes
+    settles and would not slow the re-index of the next change; the
+    latest scan wins, and :meth:`flush` (at close) writes what is pending.
+    ``usage`` gives the figure stored with it.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        path: Path | None,
+        settings: dict[str, str],
+        stop: threading.Event,
+        usage: Callable[[], FilesystemUsage | None],
+        delay: float,
+    ) -> None:
+        self.name = name
+        self.path = path
+        self.settings = settings
+        self._usage = usage
+        self._writer: Coalesced[tuple[Scan, FileIdentity | None]] = Coalesced(
+            f"{name}-snapshot", self._write, delay=delay, stop=stop
+        )
+
+    def load(self) -> Loaded | None:
+        """What the snapshot holds, or None (no snapshot, or one that cannot be used: logged)."""
+        if self.path is None:
+            return None
+        try:
+            return load(self.path, self.settings)
+        except SnapshotError as exc:
+            level = logging.DEBUG if "no snapshot yet" in str(exc) else logging.WARNING
+            log.log(level, "backend %s: snapshot %s not used: %s", self.name, self.path, exc)
+            return None
+
+    def is_current(self, seed: Loaded, layout: Layout, identity: FileIdentity | None) -> bool:
+        """Whether ``layout``'s index.json (of that identity) is the one the snapshot was made from.
+
+        The same file (inode, size, mtime) is taken as the same content;
+        otherwise the content's sha256 decides.
+        """
+        try:
+            layout.check_marker()
+            if identity is None or identity != seed.index_identity:
+                data = layout.read_index_bytes()
+                if hashlib.sha256(data).hexdigest() != seed.index_sha256:
+                    log.info("backend %s: snapshot is stale; re-indexing incrementally", self.name)
+                    return False
+        except BrokenEntry:
+            return False
+        return True
+
+    def save(self, scan: Scan, identity: FileIdentity | None) -> None:
+        """Have the snapshot of ``scan`` written in the background."""
+        if self.path is not None:
+            self._writer.request((scan, identity))
+
+    def _write(self, pending: tuple[Scan, FileIdentity | None]) -> None:
+        assert self.path is not None
+        scan, identity = pending
+        try:
+            save(self.path, scan.results, scan.index_sha256, self.settings, self._usage(), identity)
+        except OSError as exc:
+            log.warning("backend %s: cannot write snapshot %s: %s", self.name, self.path, exc)
+
+    def flush(self) -> None:
+        """Write what is pending now."""
+        self._writer.flush()
+
+    def join(self, timeout: float) -> None:
+        self._writer.join(timeout)

@@ -49,8 +49,16 @@ from typing import Any
 
 from crishim.model import FilesystemUsage
 from crishim.oci.atomic import atomic_write, fault_point, fsync_dir
-from crishim.oci.layout import OCI_INDEX, measure, mountpoint_of
 from crishim.oci.safefs import Tree, Unsafe
+from crishim.oci.spec import (
+    OCI_INDEX,
+    InvalidContent,
+    blob_path,
+    check_digest,
+    is_valid_digest,
+    parse_json,
+)
+from crishim.oci.usage import measure, mountpoint_of
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +67,6 @@ LOCK_FILE = ".lock"
 LAYOUT_MARKER = b'{"imageLayoutVersion":"1.0.0"}'
 BLOB_MODE = 0o444
 
-_DIGEST_RE = re.compile(r"^(sha256:[a-f0-9]{64}|sha512:[a-f0-9]{128})$")
 _INGEST_RE = re.compile(r"^[a-f0-9]+\.(\d+)\.")
 
 
@@ -69,14 +76,6 @@ class BlobMismatch(Exception):
 
 class StoreError(Exception):
     """The store directory cannot be used; the message says why."""
-
-
-def check_digest(digest: str) -> tuple[str, str]:
-    """(algorithm, hex) of a ``sha256:``/``sha512:`` digest; ValueError otherwise."""
-    if not _DIGEST_RE.match(digest):
-        raise ValueError(f"invalid digest {digest[:80]!r}")
-    algorithm, _, hexpart = digest.partition(":")
-    return algorithm, hexpart
 
 
 def _pid_alive(pid: int) -> bool:
@@ -282,8 +281,8 @@ class ContentStore:
     # -- blobs -----------------------------------------------------------
 
     def blob_path(self, digest: str) -> Path:
-        algorithm, hexpart = check_digest(digest)
-        return self.blobs / algorithm / hexpart
+        """Where the blob is (or would be) committed; ValueError for an invalid digest."""
+        return self.root / blob_path(digest)
 
     def has(self, digest: str, size: int | None = None) -> bool:
         """Whether the blob is committed (and has ``size`` bytes, when given)."""
@@ -368,7 +367,7 @@ class ContentStore:
             with contextlib.suppress(FileNotFoundError), os.scandir(directory) as it:
                 for entry in it:
                     digest = f"{algorithm}:{entry.name}"
-                    if _DIGEST_RE.match(digest):
+                    if is_valid_digest(digest):
                         yield digest
 
     # -- index.json ------------------------------------------------------
@@ -380,12 +379,11 @@ class ContentStore:
     def read_index(self) -> dict[str, Any]:
         """index.json parsed; StoreError when it is not an OCI index."""
         try:
-            data = self.index_path.read_bytes()
-            index = json.loads(data)
+            index = parse_json(self.index_path.read_bytes(), str(self.index_path))
         except FileNotFoundError:
             raise StoreError(f"{self.index_path} is missing") from None
-        except ValueError as exc:
-            raise StoreError(f"{self.index_path} is not valid JSON: {exc}") from None
+        except InvalidContent as exc:
+            raise StoreError(str(exc)) from None
         if not isinstance(index, dict) or not isinstance(index.get("manifests"), list):
             raise StoreError(f"{self.index_path} has no manifests list")
         return index

@@ -24,156 +24,37 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import io
 import json
-import os
-import stat
-import tarfile
-import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
-from typing import IO, Any, Protocol
+from typing import Any
 
 from crishim import reference
-from crishim.errors import DataLoss, InvalidRequest
+from crishim.errors import DataLoss
 from crishim.oci.spec import (
     CONTAINERD_NAME,
-    DIGEST_RE,
     DOCKER_CONFIG,
     DOCKER_LAYER,
     DOCKER_LAYER_GZIP,
     DOCKER_MANIFEST,
     MAX_JSON_BLOB,
     REF_NAME,
+    InvalidContent,
+    blob_path,
     digest_of,
+    is_valid_digest,
+    json_object,
+    parse_json,
 )
 from crishim.reference import Reference
 
-from .client import ByteSink, Deadline, Fetched, json_object
+from .client import ByteSink, Deadline, Fetched
+from .files import ArchiveError, DirectoryFiles, Files, TarFiles
+
+__all__ = ["Archive", "ArchiveError", "ArchiveImage", "ArchiveSource", "open_archive"]
 
 CHUNK = 1024 * 1024
-
-
-class ArchiveError(InvalidRequest):
-    """The path holds no image crishim can import; the message says why."""
-
-
-class Stream(Protocol):
-    """A readable file (closed by leaving ``with``)."""
-
-    def read(self, size: int = -1, /) -> bytes: ...
-
-    def __enter__(self) -> Any: ...
-
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        value: BaseException | None,
-        tb: TracebackType | None,
-        /,
-    ) -> Any: ...
-
-
-class Files(Protocol):
-    """The files of a layout or archive, by path inside it."""
-
-    origin: str
-
-    def open(self, name: str) -> tuple[Stream, int]:
-        """A readable stream and the size of a regular file; ArchiveError if absent."""
-        ...
-
-
-class DirectoryFiles:
-    """Files under a directory; a path never leaves it."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.origin = str(root)
-        self._real = os.path.realpath(root)
-
-    def open(self, name: str) -> tuple[Stream, int]:
-        path = os.path.realpath(os.path.join(self._real, name))
-        if not path.startswith(self._real + os.sep):
-            raise ArchiveError(f"{self.origin}: {name} leads outside the layout")
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
-        except FileNotFoundError:
-            raise ArchiveError(f"{self.origin}: {name} is missing") from None
-        except OSError as exc:
-            raise ArchiveError(f"{self.origin}: {name}: {exc.strerror}") from None
-        st = os.fstat(fd)
-        if not _is_regular(st.st_mode):
-            os.close(fd)
-            raise ArchiveError(f"{self.origin}: {name} is not a regular file")
-        return os.fdopen(fd, "rb"), st.st_size
-
-
-def _is_regular(mode: int) -> bool:
-    return stat.S_ISREG(mode)
-
-
-class TarFiles:
-    """Regular members of a tar file (plain or compressed), never extracted."""
-
-    def __init__(self, path: Path) -> None:
-        self.origin = str(path)
-        # members share the archive's file: the puller reads several at once
-        self._lock = threading.Lock()
-        try:
-            self.tar = tarfile.open(path, "r:*")  # noqa: SIM115 - closed by close()
-        except (tarfile.TarError, OSError) as exc:
-            raise ArchiveError(f"{path} is not a tar archive or OCI layout: {exc}") from None
-        try:
-            self.members = {_member_name(m.name): m for m in self.tar.getmembers() if m.isfile()}
-        except (tarfile.TarError, OSError, EOFError) as exc:
-            self.tar.close()
-            raise ArchiveError(f"{path}: the archive is damaged: {exc}") from None
-
-    def open(self, name: str) -> tuple[Stream, int]:
-        member = self.members.get(_member_name(name))
-        if member is None:
-            raise ArchiveError(f"{self.origin}: {name} is not in the archive")
-        with self._lock:
-            stream = self.tar.extractfile(member)
-        if stream is None:
-            raise ArchiveError(f"{self.origin}: {name} cannot be read")
-        return _Locked(stream, self._lock), member.size
-
-    def close(self) -> None:
-        self.tar.close()
-
-
-class _Locked(io.RawIOBase):
-    """A member's stream whose reads take the archive's lock."""
-
-    def __init__(self, stream: IO[bytes], lock: threading.Lock) -> None:
-        super().__init__()
-        self._stream = stream
-        self._lock = lock
-
-    def readable(self) -> bool:
-        return True
-
-    def read(self, size: int = -1) -> bytes:
-        with self._lock:
-            return self._stream.read(size)
-
-    def readinto(self, buffer: Any) -> int:
-        data = self.read(len(buffer))
-        buffer[: len(data)] = data
-        return len(data)
-
-    def close(self) -> None:
-        with self._lock:
-            self._stream.close()
-        super().close()
-
-
-def _member_name(name: str) -> str:
-    return os.path.normpath(name.removeprefix("./")).lstrip("/")
 
 
 def _read_small(files: Files, name: str, what: str) -> bytes:
@@ -186,9 +67,9 @@ def _read_small(files: Files, name: str, what: str) -> bytes:
 
 def _json(data: bytes, what: str) -> Any:
     try:
-        return json.loads(data)
-    except (ValueError, RecursionError) as exc:
-        raise ArchiveError(f"{what} is not valid JSON: {exc}") from None
+        return parse_json(data, what)
+    except InvalidContent as exc:
+        raise ArchiveError(str(exc)) from None
 
 
 @dataclass
@@ -221,7 +102,10 @@ class ArchiveSource:
         if actual != digest:
             raise DataLoss(f"{self.where()}: manifest {digest} has digest {actual}")
         if not media_type:
-            parsed = json_object(data, f"{self.where()}: manifest {digest}")
+            try:
+                parsed = json_object(data, f"{self.where()}: manifest {digest}")
+            except InvalidContent as exc:
+                raise DataLoss(str(exc)) from None
             inner = parsed.get("mediaType")
             media_type = inner if isinstance(inner, str) else ""
         return Fetched(digest, media_type, data, self.origin)
@@ -307,10 +191,10 @@ def _images(files: Files) -> list[ArchiveImage]:
 
 
 def _blob_name(digest: str) -> str:
-    if not DIGEST_RE.match(digest):
-        raise DataLoss(f"invalid digest {digest[:80]!r}")
-    algorithm, _, hexpart = digest.partition(":")
-    return f"blobs/{algorithm}/{hexpart}"
+    try:
+        return blob_path(digest)
+    except InvalidContent as exc:
+        raise DataLoss(str(exc)) from None
 
 
 def _oci_images(files: Files, data: bytes) -> list[ArchiveImage]:
@@ -323,7 +207,7 @@ def _oci_images(files: Files, data: bytes) -> list[ArchiveImage]:
         if not isinstance(entry, dict) or not isinstance(entry.get("digest"), str):
             raise ArchiveError(f"{files.origin}: index.json entry {i} is not a descriptor")
         digest = entry["digest"]
-        if not DIGEST_RE.match(digest):
+        if not is_valid_digest(digest):
             raise ArchiveError(f"{files.origin}: index.json entry {i} has digest {digest!r}")
         names = _entry_names(entry, f"{files.origin}: index.json entry {i}")
 
@@ -456,7 +340,7 @@ def _layer(files: Files, name: str, diff_id: object, what: str) -> tuple[str, in
     with stream:
         magic = stream.read(2)
         if magic != b"\x1f\x8b":
-            if not isinstance(diff_id, str) or not DIGEST_RE.match(diff_id):
+            if not isinstance(diff_id, str) or not is_valid_digest(diff_id):
                 raise ArchiveError(f"{what}: diff ID {diff_id!r} of {name} is not a digest")
             return diff_id, size, DOCKER_LAYER
         h = hashlib.sha256(magic)

@@ -21,7 +21,6 @@ never serve it as an OCI image and never crash on it.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections.abc import Mapping, Sequence
@@ -30,7 +29,13 @@ from pathlib import Path
 from typing import Any
 
 from crishim.oci.spec import EMBEDDED_MANIFEST
-from crishim.testing.ocibuild import REF_NAME, Descriptor, LayoutBuilder, canonical_json
+from crishim.testing.ocibuild import (
+    REF_NAME,
+    Descriptor,
+    LayoutBuilder,
+    canonical_json,
+    sha256_digest,
+)
 
 __all__ = [
     "BIND_LAYER",
@@ -141,7 +146,7 @@ def write_isulad_image(
     for file_name, mount in (squashfs if squashfs is not None else {"app.sqfs": "/app"}).items():
         data = _squashfs_bytes(file_name)
         (base / file_name).write_bytes(data)
-        digest = "sha256:" + hashlib.sha256(data).hexdigest() if with_digests else ""
+        digest = sha256_digest(data) if with_digests else ""
         layers.append(EmbeddedLayer(SQUASHFS_LAYER, file_name, mount, len(data), digest))
     for dir_name, mount in (binds or {}).items():
         (base / dir_name).mkdir(parents=True, exist_ok=True)
@@ -180,7 +185,7 @@ def add_embedded_image(
                 "app.sqfs",
                 "/app",
                 len(data),
-                "sha256:" + hashlib.sha256(data).hexdigest(),
+                sha256_digest(data),
             ),
         ]
     manifest = builder.blob(

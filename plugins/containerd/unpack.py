@@ -30,7 +30,7 @@ import threading
 from typing import Any
 
 from crishim.errors import Cancelled, CrishimError, DataLoss, DeadlineExceeded
-from crishim.oci.spec import DIGEST_RE, chain_id
+from crishim.oci.spec import chain_id, is_valid_digest
 from crishim.registry.client import Deadline
 from crishim.registry.puller import Plan, Progress
 from crishim.types import PullProgress
@@ -145,7 +145,7 @@ class Unpacker:
         if (
             not isinstance(diff_ids, list)
             or len(diff_ids) != len(layers)
-            or not all(isinstance(d, str) and DIGEST_RE.match(d) for d in diff_ids)
+            or not all(isinstance(d, str) and is_valid_digest(d) for d in diff_ids)
         ):
             raise DataLoss(
                 f"{self.deadline.what}: the config's rootfs.diff_ids do not match its "

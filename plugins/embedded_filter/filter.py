@@ -46,23 +46,18 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 
 from crishim.model import ImageRecord
+from crishim.oci.spec import (
+    DOCKER_MANIFEST,
+    EMBEDDED_MANIFEST,
+    OCI_MANIFEST,
+    is_valid_digest,
+)
+from crishim.oci.spec import SCHEMA1_TYPES as DOCKER_SCHEMA1
 from crishim.types import VISIBLE, FilterContext, FilterOptions, Verdict
 
-EMBEDDED_MANIFEST = "application/embedded.manifest+json"
-OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
-DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
-DOCKER_SCHEMA1 = frozenset(
-    {
-        "application/vnd.docker.distribution.manifest.v1+json",
-        "application/vnd.docker.distribution.manifest.v1+prettyjws",
-    }
-)
 COMPLIANT_MANIFESTS = frozenset({OCI_MANIFEST, DOCKER_MANIFEST})
-
-_DIGEST_RE = re.compile(r"^(sha256:[a-f0-9]{64}|sha512:[a-f0-9]{128})$")
 
 
 class EmbeddedFilterOptions(FilterOptions):
@@ -101,7 +96,7 @@ class EmbeddedFilter:
             return f"Docker schema 1 manifest ({media_type}) has no config descriptor"
         if media_type and media_type not in COMPLIANT_MANIFESTS:
             return f"manifest media type {media_type!r} is not an OCI image manifest"
-        if not _DIGEST_RE.match(record.id):
+        if not is_valid_digest(record.id):
             return (
                 f"image ID {record.id!r} is not a config digest "
                 "(sha256:<64 hex> or sha512:<128 hex>)"
@@ -129,7 +124,7 @@ class EmbeddedFilter:
         if not isinstance(diff_ids, list):
             return "the image config has no rootfs.diff_ids list"
         for diff_id in diff_ids:
-            if not isinstance(diff_id, str) or not _DIGEST_RE.match(diff_id):
+            if not isinstance(diff_id, str) or not is_valid_digest(diff_id):
                 return f"rootfs.diff_ids holds {diff_id!r}, not a digest"
         for key in ("os", "architecture"):
             value = parsed.get(key)
@@ -145,6 +140,6 @@ class EmbeddedFilter:
                 f"artifact ({record.artifact_type[:100]}) with manifest media type "
                 f"{record.manifest_media_type!r}: artifacts are OCI image manifests"
             )
-        if not _DIGEST_RE.match(record.id) or record.id != record.manifest_digest:
+        if not is_valid_digest(record.id) or record.id != record.manifest_digest:
             return f"artifact ID {record.id[:80]!r} is not its manifest digest"
         return None

@@ -27,7 +27,6 @@ deleted in between finds them missing at step 3 and fetches them again.
 
 from __future__ import annotations
 
-import errno
 import logging
 import ssl
 import threading
@@ -38,15 +37,8 @@ from typing import Any
 from crishim.errors import BackendError, Unavailable
 from crishim.model import FilesystemUsage, ImageRecord
 from crishim.oci.atomic import fault_point
-from crishim.oci.layout import (
-    CONTAINERD_NAME,
-    BrokenEntry,
-    EntryKey,
-    EntryResult,
-    Layout,
-    entry_key,
-    file_identity,
-)
+from crishim.oci.indexing import LayoutIndex, rewrite_making_room
+from crishim.oci.layout import CONTAINERD_NAME, BrokenEntry, Layout, entry_key
 from crishim.oci.store import ContentStore, StoreError
 from crishim.reference import Reference
 from crishim.registry.client import Deadline, RegistryClient
@@ -98,12 +90,14 @@ class RegistryCacheBackend(IndexedBackend):
             max_concurrent_downloads=options.max_concurrent_downloads,
             artifacts=options.artifacts,
         )
-        self._results: tuple[EntryResult, ...] = ()
-        self._index_identity: tuple[int, int, int] | None = None
+        self.entries = LayoutIndex(self.name, self.layout, self.publish)
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
-        #: Bumped on every published index; tests and tools wait on it.
-        self.generation = 0
+
+    @property
+    def generation(self) -> int:
+        """Bumped on every published index; tests and tools wait on it."""
+        return self.entries.generation
 
     # -- lifecycle -------------------------------------------------------
 
@@ -120,8 +114,10 @@ class RegistryCacheBackend(IndexedBackend):
             self._refresh()
             self._sweep_orphans(ORPHAN_GRACE_SECONDS)
         log.info("backend %s: %d images in store %s", self.name, len(self.index), self.root)
-        self._watcher = threading.Thread(target=self._watch, name=f"{self.name}-watch", daemon=True)
-        self._watcher.start()
+        # index.json changes made by another process (``crishim pull``)
+        self._watcher = self.entries.follow(
+            self._reread, self._stop, self.options.rescan_interval, notify=False
+        )
 
     def close(self) -> None:
         self._stop.set()
@@ -134,41 +130,19 @@ class RegistryCacheBackend(IndexedBackend):
 
     def _refresh(self) -> None:
         """Re-read index.json (reusing known entries) and publish; store lock held."""
-        identity = file_identity(self.store.index_path)
-        known = {r.key: r for r in self._results}
         try:
-            scan = self.layout.scan(known)
+            self.entries.rescan()
         except BrokenEntry as exc:
             raise BackendError(self.name, f"store {self.root}: {exc}") from exc
-        for result in scan.results:
-            if result.problem and result.key not in known:
-                log.warning(
-                    "backend %s: skipped entry %s (%s): %s",
-                    self.name,
-                    result.key[0],
-                    result.key[1],
-                    result.problem,
-                )
-        self._results = scan.results
-        self._index_identity = identity
-        self.publish(r.record for r in scan.results if r.record is not None)
-        self.generation += 1
 
-    def _watch(self) -> None:
-        """Pick up index.json changes made by another process (``crishim pull``)."""
-        while not self._stop.wait(self.options.rescan_interval):
-            if file_identity(self.store.index_path) == self._index_identity:
-                continue
-            try:
-                with self.store.locked():
-                    if file_identity(self.store.index_path) != self._index_identity:
-                        self._refresh()
-                self.store.remeasure()
-            except Exception:
-                log.exception("backend %s: re-reading the store failed", self.name)
+    def _reread(self) -> None:
+        """What the watcher runs when index.json changed."""
+        with self.store.locked():
+            self._refresh_if_changed()
+        self.store.remeasure()
 
     def _refresh_if_changed(self) -> None:
-        if file_identity(self.store.index_path) != self._index_identity:
+        if self.entries.changed():
             self._refresh()
 
     # -- calls -----------------------------------------------------------
@@ -188,47 +162,35 @@ class RegistryCacheBackend(IndexedBackend):
     def _remove(self, record: ImageRecord) -> None:
         with self.store.locked():
             self._refresh_if_changed()
-            doomed = [r for r in self._results if r.record is not None and r.record.id == record.id]
-            if not doomed:
+            removal = self.entries.removal(record.id)
+            if removal is None:
                 return
-            keys: set[EntryKey] = {r.key for r in doomed}
-            live: set[str] = set()
-            for result in self._results:
-                if result.key not in keys:
-                    live.update(result.closure)
-            candidates = {d for r in doomed for d in r.closure} - live
-            freed = 0
-            try:
-                self.store.update_index(
-                    lambda entries: [e for e in entries if entry_key(e) not in keys]
-                )
-            except OSError as exc:
-                if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
-                    raise
-                # no room for the new index.json: the removed image's own blobs
-                # go first (a crash leaves its entries unservable: absent, as removed)
-                freed = self.store.delete(candidates)
-                log.warning(
-                    "backend %s: the disk is full: deleted the %d blobs of %s before "
-                    "rewriting index.json",
-                    self.name,
-                    freed,
-                    record.id,
-                )
-                self.store.update_index(
-                    lambda entries: [e for e in entries if entry_key(e) not in keys]
-                )
+            # the store holds only what was pulled: an entry that cannot be read
+            # whole (an index's other platforms) reaches no blob it lacks
+            candidates = removal.garbage()
+
+            def drop(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+                return [e for e in entries if entry_key(e) not in removal.keys]
+
+            freed = rewrite_making_room(
+                self.name,
+                record.id,
+                lambda: self.store.update_index(drop),
+                lambda: self.store.delete(candidates),
+            )
             self._refresh()
             deleted = freed + self.store.delete(candidates)
         log.info(
-            "backend %s: removed %s (%d names, %d blobs)", self.name, record.id, len(keys), deleted
+            "backend %s: removed %s (%d names, %d blobs)",
+            self.name,
+            record.id,
+            len(removal.keys),
+            deleted,
         )
 
     def _sweep_orphans(self, grace: float) -> int:
         """Delete committed blobs no entry reaches, older than ``grace``; lock held."""
-        live: set[str] = set()
-        for result in self._results:
-            live.update(result.closure)
+        live = self.entries.live_blobs()
         cutoff = time.time() - grace
         doomed = []
         for digest in self.store.blob_digests():
@@ -334,7 +296,7 @@ class RegistryCacheBackend(IndexedBackend):
             record = self.index.get(ref)
             if record is None:
                 problem = next(
-                    (r.problem for r in self._results if r.key[1] == names[0] and r.problem),
+                    (r.problem for r in self.entries.results if r.key[1] == names[0] and r.problem),
                     "the new entry cannot be read back",
                 )
                 raise BackendError(self.name, f"pull {ref}: stored, but {problem}")

@@ -24,23 +24,14 @@ from typing import IO, Any
 
 from crishim import reference
 from crishim.model import ImageRecord
+from crishim.oci.spec import CONTAINERD_NAME, chain_id
 
 #: Config, manifest and index files larger than this are refused.
 MAX_JSON = 4 * 1024 * 1024
-_CONTAINERD_NAME = "io.containerd.image.name"
 
 
 class ArchiveError(Exception):
     """The archive (or one image in it) cannot be served; the message says why."""
-
-
-def _chain_id(diff_ids: list[str]) -> str:
-    if not diff_ids:
-        return ""
-    chain = diff_ids[0]
-    for diff_id in diff_ids[1:]:
-        chain = "sha256:" + hashlib.sha256(f"{chain} {diff_id}".encode()).hexdigest()
-    return chain
 
 
 class _Archive:
@@ -81,7 +72,7 @@ def _digests_by_config(archive: _Archive) -> dict[str, list[str]]:
     index = archive.json("index.json", "index")
     for entry in index.get("manifests", []) if isinstance(index, dict) else []:
         annotations = entry.get("annotations") or {}
-        name, digest = annotations.get(_CONTAINERD_NAME), entry.get("digest")
+        name, digest = annotations.get(CONTAINERD_NAME), entry.get("digest")
         if not isinstance(name, str) or not isinstance(digest, str):
             continue
         try:
@@ -141,7 +132,7 @@ def _record(
         size=size,
         user=user if isinstance(user, str) else "",
         config=config_bytes,
-        chain_id=_chain_id([d for d in diff_ids if isinstance(d, str)])
+        chain_id=chain_id([d for d in diff_ids if isinstance(d, str)])
         if isinstance(diff_ids, list)
         else "",
         source=source,
