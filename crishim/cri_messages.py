@@ -2,7 +2,7 @@
 
 The ``cri`` backend (any CRI runtime) and the ``containerd`` backend
 (containerd's own CRI, for ImageFsInfo) read CRI answers upstream; what they
-make of them is defined here once.
+make of them, and the auth they pass on, is defined here once.
 """
 
 from __future__ import annotations
@@ -12,6 +12,15 @@ from collections.abc import Iterable
 
 from crishim.cri.runtime.v1 import api_pb2
 from crishim.model import FilesystemUsage
+from crishim.types import PullAuth
+
+#: The fields a CRI ``AuthConfig`` and :class:`crishim.types.PullAuth` share, by name.
+AUTH_FIELDS = ("username", "password", "auth", "server_address", "identity_token", "registry_token")
+
+
+def auth_config(auth: PullAuth) -> api_pb2.AuthConfig:
+    """A pull's auth as the CRI ``AuthConfig`` an upstream is sent, every field as it came."""
+    return api_pb2.AuthConfig(**{name: getattr(auth, name) for name in AUTH_FIELDS})
 
 
 def filesystem_usages(
