@@ -17,6 +17,7 @@ from typing import Protocol
 
 from crishim.errors import DataLoss
 from crishim.oci.spec import check_digest
+from crishim.reference import Reference
 from crishim.types import PullProgress
 
 from .deadline import Deadline
@@ -88,6 +89,13 @@ class Plan:
             return (self.config.digest, *(layer.digest for layer in self.layers))
         i = self.documents.index(document)
         return (self.documents[i - 1].digest,)
+
+    def names(self, ref: Reference) -> list[str]:
+        """The names a pull of ``ref`` gives the image: by tag ``name:tag`` and
+        ``name@<digest>`` (the digest the tag resolved to), by digest ``name@<digest>``."""
+        if ref.digest:
+            return [f"{ref.repository}@{ref.digest}"]
+        return [f"{ref.repository}:{ref.tag}", f"{ref.repository}@{self.top.digest}"]
 
     @property
     def size(self) -> int:

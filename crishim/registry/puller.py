@@ -43,7 +43,7 @@ from crishim.model import Platform
 from crishim.oci.spec import CONFIG_TYPES, INDEX_TYPES, MANIFEST_TYPES, MAX_JSON_BLOB, artifact_type
 from crishim.oci.store import BlobMismatch
 from crishim.reference import Reference
-from crishim.types import PullProgress
+from crishim.types import PullProgress, PullRequest
 
 from .deadline import Aborted
 from .plan import BlobSink, BlobWriter, Descriptor, ImageSource, Plan, Progress
@@ -90,6 +90,17 @@ class Puller:
         self._inflight_lock = threading.Lock()
 
     # -- resolving -------------------------------------------------------
+
+    def prepare(
+        self, source: ImageSource, ref: Reference, request: PullRequest | None = None
+    ) -> Plan:
+        """:meth:`plan`, then what a backend checks before fetching: a digest name
+        that is not the image's own is refused (:func:`check_names`), and the
+        pull's image policies judge the plan (:func:`admit`)."""
+        plan = self.plan(source, ref)
+        check_names(ref, plan)
+        admit(request, ref, plan, source)
+        return plan
 
     def plan(self, source: ImageSource, ref: Reference) -> Plan:
         """Resolve ``ref`` on ``source`` to the platform's manifest and check it."""

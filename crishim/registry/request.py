@@ -25,12 +25,14 @@ from .plan import ImageSource, Plan
 from .session import json_object
 
 
-class _Lookup(Protocol):
+class Lookup(Protocol):
+    """A backend as the prologue asks it: does it hold the image?"""
+
     def get_image(self, ref: Reference) -> ImageRecord | None: ...
 
 
 def pull_request(
-    backend: _Lookup,
+    backend: Lookup,
     name: str,
     tracer: trace.Tracer,
     request: PullRequest,

@@ -24,7 +24,6 @@ import secrets
 import threading
 import time
 from collections.abc import Iterable, Mapping
-from types import TracebackType
 
 import grpc
 
@@ -238,12 +237,8 @@ class ContainerdWriter:
             raise
         return self
 
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        value: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc: object) -> None:
+        """Close the stream; a blob not committed is aborted (its ingest dropped)."""
         if self._stream is not None:
             self._stream.close()
             self._stream = None
