@@ -5,7 +5,8 @@ from catalog answers: an ``Image``, the ready bytes of a non-verbose
 ImageStatus (kept per record), the verbose ``info``, filesystem usage; and
 takes a pull's pod from its request. The ``cri`` backend (any CRI runtime)
 and the ``containerd`` backend (containerd's own CRI, for ImageFsInfo) read
-CRI answers upstream; what they make of them is defined here once too.
+CRI answers upstream; what they make of them, and the auth they pass on,
+is defined here once too.
 """
 
 from __future__ import annotations
@@ -17,12 +18,20 @@ from typing import Any
 
 from crishim.cri.runtime.v1 import api_pb2
 from crishim.model import Answer, FilesystemUsage, chain_id_of
-from crishim.types import PodContext
+from crishim.types import PodContext, PullAuth
 
 #: ``runtime.v1.ImageService``: the service crishim serves, named once, as
 #: the generated descriptor has it (the gRPC method paths, the health
 #: service's name, span and metric names all start from it).
 IMAGE_SERVICE: str = api_pb2.DESCRIPTOR.services_by_name["ImageService"].full_name
+
+#: The fields a CRI ``AuthConfig`` and :class:`crishim.types.PullAuth` share, by name.
+AUTH_FIELDS = ("username", "password", "auth", "server_address", "identity_token", "registry_token")
+
+
+def auth_config(auth: PullAuth) -> api_pb2.AuthConfig:
+    """A pull's auth as the CRI ``AuthConfig`` an upstream is sent, every field as it came."""
+    return api_pb2.AuthConfig(**{name: getattr(auth, name) for name in AUTH_FIELDS})
 
 
 def filesystem_usages(

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import base64
 import logging
+import threading
 from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +27,7 @@ from registry.helpers import (
 from registry.images import RegistryImages
 from registry.pki import Pki
 from registry.process import RegistryProcess, TlsFiles, TokenAuth
+from registry.proxy import TamperingProxy
 from registry.tokens import TokenIssuer
 
 from crishim.config import ConfigError
@@ -317,6 +320,64 @@ def test_token_flow_wrong_credentials_are_refused(
 
 
 # --------------------------------------------------------------------------- TLS
+
+
+class _Storage:
+    """Blob storage on an origin of its own: serves the layout's blobs, records headers."""
+
+    def __init__(self, layout: Path) -> None:
+        storage = self
+        self.headers: list[dict[str, str]] = []
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                storage.headers.append({k.lower(): v for k, v in self.headers.items()})
+                hexdigest = self.path.split("?", 1)[0].rsplit("/", 1)[1]
+                data = (layout / "blobs" / "sha256" / hexdigest).read_bytes()
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+def test_a_redirect_to_another_origin_drops_the_authorization(
+    crishim_server: Server,
+    store: Path,
+    token_registry: RegistryProcess,
+    issuer: TokenIssuer,
+    images: RegistryImages,
+) -> None:
+    """A blob redirected to storage elsewhere is fetched without the registry's token;
+    the token is asked for once and reused for every request of the pull."""
+    storage = _Storage(images.layout)
+    front = TamperingProxy(token_registry.port).start()
+    try:
+        layer = images.small.layers[0]
+        location = f"{storage.url}/bucket/{layer.digest.partition(':')[2]}?X-Signature=abc"
+        front.override[f"blobs/{layer.digest}"] = (307, {"Location": location}, b"")
+        issuer.requests.clear()
+        options = {"endpoints": [plain_endpoint(front.url)]}
+        shim = crishim_server(cache_config(store, {front.host: options}))
+        auth = _auth(username=USER, password=PASSWORD)
+        assert pull(shim, f"{front.host}/test/small:1", auth=auth).image_ref == images.small.id
+    finally:
+        front.stop()
+        storage.stop()
+    (headers,) = storage.headers
+    assert "authorization" not in headers
+    assert len(issuer.requests) == 1
+    check_store(store)
 
 
 @pytest.fixture(scope="module")

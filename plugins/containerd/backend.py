@@ -22,7 +22,6 @@ before the call returns).
 from __future__ import annotations
 
 import logging
-import ssl
 import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -33,16 +32,9 @@ from crishim.oci.atomic import fault_point
 from crishim.oci.resolve import Resolver
 from crishim.oci.spec import INDEX_TYPES
 from crishim.reference import Reference
-from crishim.registry.client import Deadline, RegistryClient
-from crishim.registry.puller import (
-    ImageSource,
-    Plan,
-    Progress,
-    Puller,
-    admit,
-    check_names,
-    pull_request,
-)
+from crishim.registry.deadline import Deadline
+from crishim.registry.plan import ImageSource, Plan, Progress
+from crishim.registry.pulling import Pulling
 from crishim.types import BackendContext, ImportRequest, IndexedBackend, PullRequest
 
 from .api.types import descriptor_pb2
@@ -58,8 +50,6 @@ log = logging.getLogger(__name__)
 #: The label containerd's CRI puts on images it manages.
 CRI_IMAGE_LABEL = "io.cri-containerd.image"
 CRI_IMAGE_MANAGED = "managed"
-#: How often a pull fetches again blobs collected under it before naming the image.
-COMMIT_ATTEMPTS = 3
 #: Seconds a pull waits for containerd's CRI plugin to see the image it named.
 CRI_WAIT = 5.0
 
@@ -73,15 +63,9 @@ class ContainerdBackend(IndexedBackend):
         self.client = ContainerdClient(
             context.name, options.address, options.namespace, options.call_timeout
         )
-        self.registry = RegistryClient(options, context.config_dir)
         self.tracer = context.tracer_provider.get_tracer(__name__)
-        self.puller = Puller(
-            context.name,
-            context.platform,
-            self.tracer,
-            max_concurrent_downloads=options.max_concurrent_downloads,
-            artifacts=options.artifacts,
-        )
+        #: The registry client and the puller, with the steps around a commit.
+        self.pulling = Pulling(context, options, self.tracer)
         self.images = ContainerdIndex(
             context.name,
             self.client,
@@ -120,12 +104,7 @@ class ContainerdBackend(IndexedBackend):
     def start(self) -> None:
         _claim_namespace(self)
         self.client.connect()
-        try:
-            self.registry.start()
-        except (OSError, ssl.SSLError) as exc:
-            from crishim.errors import BackendError
-
-            raise BackendError(self.name, f"registry TLS settings: {exc}") from exc
+        self.pulling.start()
         started = time.monotonic()
         try:
             version = self.client.version()
@@ -146,7 +125,7 @@ class ContainerdBackend(IndexedBackend):
 
     def close(self) -> None:
         self.images.close()
-        self.registry.close()
+        self.pulling.close()
         self.client.close()
         _release_namespace(self)
 
@@ -166,19 +145,16 @@ class ContainerdBackend(IndexedBackend):
     # -- pulling ---------------------------------------------------------
 
     def pull_image(self, request: PullRequest) -> ImageRecord:
-        def fetch(ref: Reference, deadline: Deadline) -> ImageRecord:
-            session = self.registry.session(ref, request.auth, deadline)
+        def store(session: ImageSource, ref: Reference) -> ImageRecord:
             return self._store(session, ref, request.progress, request.deadline, request=request)
 
-        return pull_request(self, self.name, self.tracer, request, fetch, self.registry)
+        return self.pulling.pull(self, request, store)
 
     def import_image(self, request: ImportRequest) -> ImageRecord:
-        ref = request.ref
-        with self.tracer.start_as_current_span(
-            "registry.import",
-            attributes={"crishim.backend": self.name, "crishim.image.reference": str(ref)},
-        ):
-            return self._store(request.source, ref, request.progress, None, labels={})
+        def store(source: ImageSource, ref: Reference) -> ImageRecord:
+            return self._store(source, ref, request.progress, None, labels={})
+
+        return self.pulling.import_image(request, store)
 
     def _store(
         self,
@@ -191,9 +167,7 @@ class ContainerdBackend(IndexedBackend):
     ) -> ImageRecord:
         """Fetch what ``source`` holds for ``ref`` into containerd and name it
         (``request``: the pull's, whose image policies judge the plan first)."""
-        plan = self.puller.plan(source, ref)
-        check_names(ref, plan)
-        admit(request, ref, plan, source)
+        plan = self.pulling.puller.prepare(source, ref, request)
         if labels is None:
             labels = {f"{DISTRIBUTION_SOURCE}{ref.domain}": ref.path}
         with ContainerdSink(
@@ -203,19 +177,17 @@ class ContainerdBackend(IndexedBackend):
             source_labels=labels,
             deadline=deadline_at,
         ) as sink:
-            for _ in range(COMMIT_ATTEMPTS):
+
+            def attempt() -> ImageRecord | None:
                 self._fetch(source, plan, sink, progress)
-                record = self._commit(ref, plan, sink, source.deadline)
-                if record is not None:
-                    return record
-                log.info(
-                    "backend %s: %s: blobs were collected meanwhile; fetching again",
-                    self.name,
-                    ref,
-                )
-        raise Unavailable(
-            f"{source.deadline.what}: containerd kept collecting the blobs; try again"
-        )
+                return self._commit(ref, plan, sink, source.deadline)
+
+            return self.pulling.until_committed(
+                attempt,
+                ref,
+                lost="collected",
+                gave_up=f"{source.deadline.what}: containerd kept collecting the blobs; try again",
+            )
 
     def _fetch(
         self, source: ImageSource, plan: Plan, sink: ContainerdSink, progress: Progress | None
@@ -224,8 +196,9 @@ class ContainerdBackend(IndexedBackend):
 
         An artifact's layers are not a filesystem: they are never unpacked.
         """
+        puller = self.pulling.puller
         if not self.options.unpack or plan.artifact_type:
-            self.puller.fetch(source, plan, sink, progress)
+            puller.fetch(source, plan, sink, progress)
             return
         unpacker = Unpacker(
             self.client,
@@ -237,7 +210,7 @@ class ContainerdBackend(IndexedBackend):
         )
         unpacker.start()
         try:
-            self.puller.fetch(source, plan, sink, unpacker.watch(progress))
+            puller.fetch(source, plan, sink, unpacker.watch(progress))
         except BaseException:
             unpacker.stop()
             raise
@@ -253,11 +226,7 @@ class ContainerdBackend(IndexedBackend):
     ) -> ImageRecord | None:
         """Store the manifests and name the image; None when blobs went missing."""
         deadline.check()
-        repository = ref.repository
-        if ref.digest:
-            names = [f"{repository}@{ref.digest}"]
-        else:
-            names = [f"{repository}:{ref.tag}", f"{repository}@{plan.top.digest}"]
+        names = plan.names(ref)
         labels = {CRI_IMAGE_LABEL: CRI_IMAGE_MANAGED}
         if self.context.is_pinned(names):
             labels[CRI_PINNED_LABEL] = CRI_PINNED

@@ -4,20 +4,14 @@ One channel per backend to containerd's socket. Every call carries the
 namespace header (``containerd-namespace``) and, for writes under a pull,
 the lease header (``containerd-lease``); every unary call has a timeout.
 gRPC errors become :mod:`crishim.errors` exceptions that name containerd's
-address, never a credential (none travels here).
-
-Content is written with the Write stream's protocol: a STAT opens (or
-finds) the ingest named by a ref and says how far it got; WRITE messages
-at increasing offsets carry the bytes; a COMMIT with the expected size and
-digest makes the blob visible with its labels. containerd answers every
-message, so the writer sends one and reads one.
+address, never a credential (none travels here). Content is written
+through :class:`~crishim_plugins.containerd.write.WriteStream`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import queue
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
@@ -39,16 +33,27 @@ from .api.services.leases.v1 import leases_pb2, leases_pb2_grpc
 from .api.services.snapshots.v1 import snapshots_pb2, snapshots_pb2_grpc
 from .api.services.version.v1 import version_pb2_grpc
 from .api.types import descriptor_pb2, mount_pb2
+from .write import WriteStream
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
+_NOT_FOUND = frozenset({grpc.StatusCode.NOT_FOUND})
+_ALREADY_EXISTS = frozenset({grpc.StatusCode.ALREADY_EXISTS})
+
 NAMESPACE_HEADER = "containerd-namespace"
 LEASE_HEADER = "containerd-lease"
-#: What a WRITE message carries at most (containerd accepts 16 MiB messages).
-WRITE_CHUNK = 1024 * 1024
 MAX_MESSAGE = 32 * 1024 * 1024
-_END = object()
+
+
+def status_of(exc: grpc.RpcError) -> grpc.StatusCode | None:
+    """The status code of a failed call (None when grpc did not say)."""
+    return exc.code() if isinstance(exc, grpc.Call) else None
+
+
+def details_of(exc: grpc.RpcError) -> str:
+    """The message of a failed call ("" when grpc did not say)."""
+    return (exc.details() if isinstance(exc, grpc.Call) else "") or ""
 
 
 class ContainerdError(BackendError):
@@ -113,8 +118,8 @@ class ContainerdClient:
 
     def error(self, exc: grpc.RpcError, what: str) -> CrishimError:
         """A domain error for a failed call to containerd."""
-        code = exc.code() if isinstance(exc, grpc.Call) else grpc.StatusCode.UNKNOWN
-        details = (exc.details() if isinstance(exc, grpc.Call) else "") or str(code)
+        code = status_of(exc) or grpc.StatusCode.UNKNOWN
+        details = details_of(exc) or str(code)
         if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
             return Unavailable(
                 f"backend {self.backend!r}: containerd at {self.address} is unreachable "
@@ -130,14 +135,41 @@ class ContainerdClient:
         except grpc.RpcError as exc:
             raise self.error(exc, what) from None
 
-    def _optional(self, what: str, fn: Callable[[], T]) -> T | None:
-        """``fn()``, or None when containerd says NOT_FOUND."""
+    def _unary(
+        self,
+        what: str,
+        method: Callable[..., Any],
+        request: Any,
+        *,
+        lease: str = "",
+        timeout: float | None = None,
+        absent: frozenset[grpc.StatusCode] = frozenset(),
+    ) -> Any:
+        """``method(request)`` in the namespace (and ``lease``), with the call timeout
+        (or ``timeout``); None when containerd answers a code in ``absent``."""
         try:
-            return fn()
+            return method(
+                request,
+                metadata=self.metadata(lease),
+                timeout=self.timeout if timeout is None else timeout,
+            )
         except grpc.RpcError as exc:
-            if isinstance(exc, grpc.Call) and exc.code() == grpc.StatusCode.NOT_FOUND:
+            if status_of(exc) in absent:
                 return None
             raise self.error(exc, what) from None
+
+    def _optional(
+        self, what: str, method: Callable[..., Any], request: Any, lease: str = ""
+    ) -> Any:
+        """:meth:`_unary`, None when containerd says NOT_FOUND."""
+        return self._unary(what, method, request, lease=lease, absent=_NOT_FOUND)
+
+    def _created(
+        self, what: str, method: Callable[..., Any], request: Any, lease: str = ""
+    ) -> bool:
+        """:meth:`_unary` for a call that makes something; False when it exists already."""
+        done = self._unary(what, method, request, lease=lease, absent=_ALREADY_EXISTS)
+        return done is not None
 
     # -- version ---------------------------------------------------------
 
@@ -153,23 +185,12 @@ class ContainerdClient:
     # -- images ----------------------------------------------------------
 
     def list_images(self) -> list[images_pb2.Image]:
-        response = self.call(
-            "Images.List",
-            lambda: self.images.List(
-                images_pb2.ListImagesRequest(), metadata=self.metadata(), timeout=self.timeout
-            ),
-        )
+        response = self._unary("Images.List", self.images.List, images_pb2.ListImagesRequest())
         return list(response.images)
 
     def get_image(self, name: str) -> images_pb2.Image | None:
-        response = self._optional(
-            f"Images.Get {name}",
-            lambda: self.images.Get(
-                images_pb2.GetImageRequest(name=name),
-                metadata=self.metadata(),
-                timeout=self.timeout,
-            ),
-        )
+        request = images_pb2.GetImageRequest(name=name)
+        response = self._optional(f"Images.Get {name}", self.images.Get, request)
         return None if response is None else response.image
 
     def put_image(
@@ -177,62 +198,31 @@ class ContainerdClient:
     ) -> None:
         """Create the image record, or point an existing one at ``target`` with ``labels`` set."""
         image = images_pb2.Image(name=name, labels=dict(labels), target=target)
-        try:
-            self.images.Create(
-                images_pb2.CreateImageRequest(image=image),
-                metadata=self.metadata(),
-                timeout=self.timeout,
-            )
+        request = images_pb2.CreateImageRequest(image=image)
+        if self._created(f"Images.Create {name}", self.images.Create, request):
             return
-        except grpc.RpcError as exc:
-            if not (isinstance(exc, grpc.Call) and exc.code() == grpc.StatusCode.ALREADY_EXISTS):
-                raise self.error(exc, f"Images.Create {name}") from None
-        mask = field_mask_pb2.FieldMask(paths=["target", *(f"labels.{k}" for k in labels)])
-        self.call(
-            f"Images.Update {name}",
-            lambda: self.images.Update(
-                images_pb2.UpdateImageRequest(image=image, update_mask=mask),
-                metadata=self.metadata(),
-                timeout=self.timeout,
-            ),
-        )
+        self._update_image(image, ["target", *(f"labels.{k}" for k in labels)])
 
     def label_image(self, name: str, labels: Mapping[str, str]) -> None:
         """Set these labels on an image record, leaving the rest as it is."""
         image = images_pb2.Image(name=name, labels=dict(labels))
-        mask = field_mask_pb2.FieldMask(paths=[f"labels.{k}" for k in labels])
-        self.call(
-            f"Images.Update {name}",
-            lambda: self.images.Update(
-                images_pb2.UpdateImageRequest(image=image, update_mask=mask),
-                metadata=self.metadata(),
-                timeout=self.timeout,
-            ),
-        )
+        self._update_image(image, [f"labels.{k}" for k in labels])
+
+    def _update_image(self, image: images_pb2.Image, paths: list[str]) -> None:
+        mask = field_mask_pb2.FieldMask(paths=paths)
+        request = images_pb2.UpdateImageRequest(image=image, update_mask=mask)
+        self._unary(f"Images.Update {image.name}", self.images.Update, request)
 
     def delete_image(self, name: str, *, sync: bool = False) -> bool:
         """Delete an image record; False when there was none. ``sync`` waits for the GC."""
-        done = self._optional(
-            f"Images.Delete {name}",
-            lambda: self.images.Delete(
-                images_pb2.DeleteImageRequest(name=name, sync=sync),
-                metadata=self.metadata(),
-                timeout=self.timeout,
-            ),
-        )
-        return done is not None
+        request = images_pb2.DeleteImageRequest(name=name, sync=sync)
+        return self._optional(f"Images.Delete {name}", self.images.Delete, request) is not None
 
     # -- content ---------------------------------------------------------
 
     def info(self, digest: str) -> content_pb2.Info | None:
-        response = self._optional(
-            f"Content.Info {digest}",
-            lambda: self.content.Info(
-                content_pb2.InfoRequest(digest=digest),
-                metadata=self.metadata(),
-                timeout=self.timeout,
-            ),
-        )
+        request = content_pb2.InfoRequest(digest=digest)
+        response = self._optional(f"Content.Info {digest}", self.content.Info, request)
         return None if response is None else response.info
 
     def sizes(self) -> dict[str, int]:
@@ -252,46 +242,32 @@ class ContainerdClient:
     def read(self, digest: str, size: int) -> bytes | None:
         """The first ``size`` bytes of a blob; None when it is missing."""
 
-        def read_all() -> bytes:
+        def read_all(request: content_pb2.ReadContentRequest, **call: Any) -> bytes:
             chunks = []
             got = 0
-            for response in self.content.Read(
-                content_pb2.ReadContentRequest(digest=digest, size=size),
-                metadata=self.metadata(),
-                timeout=self.timeout,
-            ):
+            for response in self.content.Read(request, **call):
                 chunks.append(response.data)
                 got += len(response.data)
                 if got >= size:
                     break
             return b"".join(chunks)[:size]
 
-        return self._optional(f"Content.Read {digest}", read_all)
+        request = content_pb2.ReadContentRequest(digest=digest, size=size)
+        data: bytes | None = self._optional(f"Content.Read {digest}", read_all, request)
+        return data
 
     def label_content(self, digest: str, labels: Mapping[str, str]) -> None:
         """Set these labels on a blob, leaving its other labels as they are."""
         info = content_pb2.Info(digest=digest, labels=dict(labels))
         mask = field_mask_pb2.FieldMask(paths=[f"labels.{k}" for k in labels])
-        self.call(
-            f"Content.Update {digest}",
-            lambda: self.content.Update(
-                content_pb2.UpdateRequest(info=info, update_mask=mask),
-                metadata=self.metadata(),
-                timeout=self.timeout,
-            ),
-        )
+        request = content_pb2.UpdateRequest(info=info, update_mask=mask)
+        self._unary(f"Content.Update {digest}", self.content.Update, request)
 
     def abort(self, ref: str) -> None:
         """Drop an unfinished ingest (absent is fine)."""
         with contextlib.suppress(CrishimError):
-            self._optional(
-                f"Content.Abort {ref}",
-                lambda: self.content.Abort(
-                    content_pb2.AbortRequest(ref=ref),
-                    metadata=self.metadata(),
-                    timeout=self.timeout,
-                ),
-            )
+            request = content_pb2.AbortRequest(ref=ref)
+            self._optional(f"Content.Abort {ref}", self.content.Abort, request)
 
     def write_stream(self, lease: str, timeout: float | None) -> WriteStream:
         return WriteStream(self, lease, timeout)
@@ -299,25 +275,13 @@ class ContainerdClient:
     # -- leases ----------------------------------------------------------
 
     def create_lease(self, lease_id: str, labels: Mapping[str, str]) -> str:
-        response = self.call(
-            "Leases.Create",
-            lambda: self.leases.Create(
-                leases_pb2.CreateRequest(id=lease_id, labels=dict(labels)),
-                metadata=self.metadata(),
-                timeout=self.timeout,
-            ),
-        )
+        request = leases_pb2.CreateRequest(id=lease_id, labels=dict(labels))
+        response = self._unary("Leases.Create", self.leases.Create, request)
         return str(response.lease.id)
 
     def delete_lease(self, lease_id: str) -> None:
-        self._optional(
-            f"Leases.Delete {lease_id}",
-            lambda: self.leases.Delete(
-                leases_pb2.DeleteRequest(id=lease_id),
-                metadata=self.metadata(),
-                timeout=self.timeout,
-            ),
-        )
+        request = leases_pb2.DeleteRequest(id=lease_id)
+        self._optional(f"Leases.Delete {lease_id}", self.leases.Delete, request)
 
     def lease_content(self, lease_id: str, digests: Iterable[str]) -> None:
         """Add blobs to a lease, so the garbage collector keeps them while it lives."""
@@ -327,49 +291,27 @@ class ContainerdClient:
         """Add (id, type) resources to a lease: ``content``, ``snapshots/<snapshotter>``."""
         for resource_id, kind in resources:
             resource = leases_pb2.Resource(id=resource_id, type=kind)
-            self.call(
-                f"Leases.AddResource {resource_id}",
-                lambda resource=resource: self.leases.AddResource(  # type: ignore[misc]
-                    leases_pb2.AddResourceRequest(id=lease_id, resource=resource),
-                    metadata=self.metadata(),
-                    timeout=self.timeout,
-                ),
-            )
+            request = leases_pb2.AddResourceRequest(id=lease_id, resource=resource)
+            self._unary(f"Leases.AddResource {resource_id}", self.leases.AddResource, request)
 
     def list_leases(self) -> list[leases_pb2.Lease]:
-        response = self.call(
-            "Leases.List",
-            lambda: self.leases.List(
-                leases_pb2.ListRequest(), metadata=self.metadata(), timeout=self.timeout
-            ),
-        )
+        response = self._unary("Leases.List", self.leases.List, leases_pb2.ListRequest())
         return list(response.leases)
 
     # -- snapshots and the diff service (unpacking) ------------------------
 
     def snapshot_exists(self, snapshotter: str, name: str) -> bool:
-        found = self._optional(
-            f"Snapshots.Stat {name}",
-            lambda: self.snapshots.Stat(
-                snapshots_pb2.StatSnapshotRequest(snapshotter=snapshotter, key=name),
-                metadata=self.metadata(),
-                timeout=self.timeout,
-            ),
-        )
-        return found is not None
+        request = snapshots_pb2.StatSnapshotRequest(snapshotter=snapshotter, key=name)
+        return self._optional(f"Snapshots.Stat {name}", self.snapshots.Stat, request) is not None
 
     def prepare_snapshot(
         self, snapshotter: str, key: str, parent: str, labels: Mapping[str, str], lease: str
     ) -> list[mount_pb2.Mount]:
-        response = self.call(
-            f"Snapshots.Prepare {key}",
-            lambda: self.snapshots.Prepare(
-                snapshots_pb2.PrepareSnapshotRequest(
-                    snapshotter=snapshotter, key=key, parent=parent, labels=dict(labels)
-                ),
-                metadata=self.metadata(lease),
-                timeout=self.timeout,
-            ),
+        request = snapshots_pb2.PrepareSnapshotRequest(
+            snapshotter=snapshotter, key=key, parent=parent, labels=dict(labels)
+        )
+        response = self._unary(
+            f"Snapshots.Prepare {key}", self.snapshots.Prepare, request, lease=lease
         )
         return list(response.mounts)
 
@@ -377,46 +319,27 @@ class ContainerdClient:
         self, snapshotter: str, name: str, key: str, labels: Mapping[str, str], lease: str
     ) -> bool:
         """Commit an active snapshot under ``name``; False when that name exists already."""
-        try:
-            self.snapshots.Commit(
-                snapshots_pb2.CommitSnapshotRequest(
-                    snapshotter=snapshotter, name=name, key=key, labels=dict(labels)
-                ),
-                metadata=self.metadata(lease),
-                timeout=self.timeout,
-            )
-        except grpc.RpcError as exc:
-            if isinstance(exc, grpc.Call) and exc.code() == grpc.StatusCode.ALREADY_EXISTS:
-                return False
-            raise self.error(exc, f"Snapshots.Commit {name}") from None
-        return True
+        request = snapshots_pb2.CommitSnapshotRequest(
+            snapshotter=snapshotter, name=name, key=key, labels=dict(labels)
+        )
+        return self._created(f"Snapshots.Commit {name}", self.snapshots.Commit, request, lease)
 
     def remove_snapshot(self, snapshotter: str, key: str) -> None:
         with contextlib.suppress(CrishimError):
-            self._optional(
-                f"Snapshots.Remove {key}",
-                lambda: self.snapshots.Remove(
-                    snapshots_pb2.RemoveSnapshotRequest(snapshotter=snapshotter, key=key),
-                    metadata=self.metadata(),
-                    timeout=self.timeout,
-                ),
-            )
+            request = snapshots_pb2.RemoveSnapshotRequest(snapshotter=snapshotter, key=key)
+            self._optional(f"Snapshots.Remove {key}", self.snapshots.Remove, request)
 
     def apply_layer(
         self,
         layer: descriptor_pb2.Descriptor,
         mounts: Sequence[mount_pb2.Mount],
         lease: str,
-        timeout: float | None,
+        timeout: float,
     ) -> str:
         """Unpack a layer blob onto mounts; the digest of what was applied (its diff ID)."""
-        response = self.call(
-            f"Diff.Apply {layer.digest}",
-            lambda: self.diff.Apply(
-                diff_pb2.ApplyRequest(diff=layer, mounts=list(mounts)),
-                metadata=self.metadata(lease),
-                timeout=timeout,
-            ),
+        request = diff_pb2.ApplyRequest(diff=layer, mounts=list(mounts))
+        response = self._unary(
+            f"Diff.Apply {layer.digest}", self.diff.Apply, request, lease=lease, timeout=timeout
         )
         return str(response.applied.digest)
 
@@ -446,7 +369,7 @@ class ContainerdClient:
             try:
                 response = self.cri_images.ImageStatus(request, timeout=self.timeout)
             except grpc.RpcError as exc:
-                if isinstance(exc, grpc.Call) and exc.code() == grpc.StatusCode.UNIMPLEMENTED:
+                if status_of(exc) == grpc.StatusCode.UNIMPLEMENTED:
                     return None
                 raise self.error(exc, "CRI ImageStatus") from None
             if response.HasField("image"):
@@ -468,63 +391,3 @@ class ContainerdClient:
             lambda: self.cri_images.ImageFsInfo(cri_pb2.ImageFsInfoRequest(), timeout=self.timeout),
         )
         return image_fs_info(response)
-
-
-class WriteStream:
-    """One Content.Write stream, pipelined.
-
-    containerd answers every message, in order. :meth:`push` sends without
-    waiting (reading old answers once ``WINDOW`` are unread, so neither
-    side's flow-control window fills); :meth:`send` sends and reads every
-    answer still due, returning the last. At most ``QUEUED`` messages wait
-    to be sent, so a slow containerd holds the producer back.
-    """
-
-    WINDOW = 64
-    QUEUED = 8
-
-    def __init__(self, client: ContainerdClient, lease: str, timeout: float | None) -> None:
-        self.client = client
-        self._requests: queue.Queue[Any] = queue.Queue(maxsize=self.QUEUED)
-        self._responses: Any = client.content.Write(
-            iter(self._requests.get, _END), metadata=client.metadata(lease), timeout=timeout
-        )
-        self._unread = 0
-
-    def _put(self, item: object) -> None:
-        while True:
-            try:
-                self._requests.put(item, timeout=0.2)
-                return
-            except queue.Full:
-                if self._responses.done():
-                    # the call ended (an error): surface it instead of waiting forever
-                    self._read()
-                    raise StopIteration from None
-
-    def _read(self) -> content_pb2.WriteContentResponse:
-        response: content_pb2.WriteContentResponse = next(self._responses)
-        self._unread -= 1
-        return response
-
-    def push(self, request: content_pb2.WriteContentRequest) -> None:
-        """Send one message without waiting for its answer (raises grpc.RpcError)."""
-        self._put(request)
-        self._unread += 1
-        while self._unread > self.WINDOW:
-            self._read()
-
-    def send(self, request: content_pb2.WriteContentRequest) -> content_pb2.WriteContentResponse:
-        """Send one message and read every answer due; the last one is this message's."""
-        self._put(request)
-        self._unread += 1
-        response = self._read()
-        while self._unread > 0:
-            response = self._read()
-        return response
-
-    def close(self) -> None:
-        with contextlib.suppress(queue.Full):
-            self._requests.put_nowait(_END)
-        with contextlib.suppress(Exception):
-            self._responses.cancel()

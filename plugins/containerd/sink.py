@@ -24,7 +24,6 @@ import secrets
 import threading
 import time
 from collections.abc import Iterable, Mapping
-from types import TracebackType
 
 import grpc
 
@@ -33,7 +32,8 @@ from crishim.oci.spec import check_digest
 from crishim.oci.store import BlobMismatch
 
 from .api.services.content.v1 import content_pb2
-from .client import WRITE_CHUNK, ContainerdClient, WriteStream
+from .client import ContainerdClient, details_of, status_of
+from .write import WRITE_CHUNK, WriteStream
 
 log = logging.getLogger(__name__)
 
@@ -237,12 +237,8 @@ class ContainerdWriter:
             raise
         return self
 
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        value: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc: object) -> None:
+        """Close the stream; a blob not committed is aborted (its ingest dropped)."""
         if self._stream is not None:
             self._stream.close()
             self._stream = None
@@ -267,13 +263,11 @@ class ContainerdWriter:
                 )
             except grpc.RpcError as exc:
                 stream.close()
-                code = exc.code() if isinstance(exc, grpc.Call) else None
-                if code == grpc.StatusCode.ALREADY_EXISTS:
+                if status_of(exc) == grpc.StatusCode.ALREADY_EXISTS:
                     self.existed = True
                     self.sink._hold(self.digest)
                     return
-                details = (exc.details() if isinstance(exc, grpc.Call) else "") or ""
-                if attempt == 0 and "locked" in details:
+                if attempt == 0 and "locked" in details_of(exc):
                     # another process writes this ref: write under a ref of our own
                     self.ref = f"crishim-{self.digest}-{secrets.token_hex(4)}"
                     continue
@@ -295,8 +289,7 @@ class ContainerdWriter:
                 f"{self.sink.what}: containerd ended the write of {self.digest} early"
             ) from None
         except grpc.RpcError as exc:
-            code = exc.code() if isinstance(exc, grpc.Call) else None
-            details = (exc.details() if isinstance(exc, grpc.Call) else "") or ""
+            code, details = status_of(exc), details_of(exc)
             if code == grpc.StatusCode.ALREADY_EXISTS:
                 raise _Existed from None
             if code == grpc.StatusCode.FAILED_PRECONDITION and "digest" in details:

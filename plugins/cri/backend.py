@@ -31,201 +31,50 @@ call. crishim's tracing, filters and pins apply as for any backend.
 from __future__ import annotations
 
 import logging
-import math
-import re
 import threading
 import time
-from collections.abc import Iterable, Sequence
-from types import MappingProxyType
+from collections.abc import Sequence
 from typing import Any
 
 import grpc
-from opentelemetry import propagate
 
-from crishim import reference
 from crishim.cri.runtime.v1 import api_pb2, api_pb2_grpc
 from crishim.cri_messages import image_fs_info
 from crishim.errors import (
     BackendError,
     Cancelled,
     CrishimError,
-    DataLoss,
     DeadlineExceeded,
     ImageNotFound,
-    InvalidRequest,
-    NotSupported,
-    PermissionDenied,
-    TooLarge,
-    Unauthenticated,
     Unavailable,
 )
-from crishim.model import NO_ANNOTATIONS, FilesystemUsage, ImageRecord
+from crishim.model import FilesystemUsage, ImageRecord
 from crishim.reference import Reference, RefKind
-from crishim.types import Backend, BackendContext, PullAuth, PullRequest
+from crishim.types import Backend, BackendContext, PullRequest
 
 from .options import MAX_SOCKET_PATH, SCHEME, CriOptions
+from .upstream import (
+    error_for,
+    pull_message,
+    real_deadline,
+    record_of,
+    secrets_of,
+    shorten,
+    trace_metadata,
+    upstream_id,
+    upstream_reference,
+    upstream_timeout,
+)
 
 log = logging.getLogger(__name__)
 
 #: How often a forwarded pull checks whether its caller went away.
 CANCEL_POLL_SECONDS = 0.1
-#: Upstream error messages are passed on up to this many characters.
-MAX_DETAILS = 400
 #: While the upstream is away the channel retries after 100 ms, backing off
 #: to 1 s at most (gRPC's default grows to 2 minutes): an upstream that
 #: restarts is used again within about a second. A unix socket connect is cheap.
 INITIAL_RECONNECT_BACKOFF_MS = 100
 MAX_RECONNECT_BACKOFF_MS = 1000
-
-#: A caller's deadline further away than this is no deadline: grpcio reports
-#: a call without one as ~9.2e18 seconds remaining, which a gRPC timeout
-#: cannot carry.
-NO_DEADLINE_SECONDS = 365 * 24 * 3600.0
-
-#: Seconds of a pull's deadline kept back for the answer to come back.
-ANSWER_MARGIN = 0.02
-
-_HEX64 = re.compile(r"[0-9a-f]{64}")
-
-#: Upstream codes that say what crishim's own errors say.
-_DOMAIN_ERRORS: dict[Any, type[CrishimError]] = {
-    grpc.StatusCode.NOT_FOUND: ImageNotFound,
-    grpc.StatusCode.PERMISSION_DENIED: PermissionDenied,
-    grpc.StatusCode.UNAUTHENTICATED: Unauthenticated,
-    grpc.StatusCode.INVALID_ARGUMENT: InvalidRequest,
-    grpc.StatusCode.RESOURCE_EXHAUSTED: TooLarge,
-    grpc.StatusCode.DATA_LOSS: DataLoss,
-    grpc.StatusCode.FAILED_PRECONDITION: NotSupported,
-}
-
-#: Words of gRPC's own messages when the call never reached a server (or
-#: the connection broke): the upstream is unreachable rather than saying
-#: it is unavailable itself.
-_TRANSPORT_WORDS = (
-    "failed to connect",
-    "connection refused",
-    "no such file",
-    "socket closed",
-    "connection reset",
-    "broken pipe",
-    "connect failed",
-    "permission denied",
-    "channel closed",
-    "not connected",
-)
-
-
-def upstream_reference(ref: Reference) -> str:
-    """The reference as the upstream is asked it.
-
-    Names go normalised (``docker.io/library/busybox:latest``). A sha256
-    image ID goes as its bare 64 hex characters, which CRI-O (whose IDs are
-    bare hex), containerd and crishim all read as an ID.
-    """
-    if ref.kind is RefKind.ID:
-        algorithm, _, encoded = ref.digest.partition(":")
-        return encoded if algorithm == "sha256" else ref.digest
-    if ref.kind is RefKind.ID_PREFIX:
-        return ref.id_prefix
-    return str(ref)
-
-
-def upstream_id(image_id: str) -> str:
-    """An image ID as the upstream is given it (bare hex for sha256)."""
-    algorithm, _, encoded = image_id.partition(":")
-    return encoded if algorithm == "sha256" and _HEX64.fullmatch(encoded) else image_id
-
-
-def record_id(raw: str) -> str:
-    """An upstream image ID as crishim reports it: ``sha256:<hex>`` (CRI-O's are bare hex)."""
-    return "sha256:" + raw if _HEX64.fullmatch(raw) else raw
-
-
-def user_of(image: api_pb2.Image) -> str:
-    """``uid``/``username`` back as the config ``User`` that crishim's split_user reads.
-
-    A uid gives its digits (``0`` stays root), a username itself; neither
-    gives ``""``. The CRI reports one of the two, never the group.
-    """
-    if image.HasField("uid") and image.uid.value >= 0:
-        return str(image.uid.value)
-    return image.username
-
-
-def _names(raw: Iterable[str], kind: str) -> tuple[str, ...]:
-    """Upstream repo_tags or repo_digests, normalised; unparsable ones dropped.
-
-    CRI-O lists ``<none>:<none>``-style placeholders for untagged images;
-    they name nothing and are left out.
-    """
-    out: dict[str, None] = {}
-    for text in raw:
-        try:
-            ref = reference.parse(text)
-        except reference.ReferenceError:
-            log.debug("ignoring upstream %s %r: not a reference", kind, text)
-            continue
-        if ref.kind is not RefKind.NAME:
-            ref = ref.also_name if ref.also_name is not None else ref
-        name = ref.tagged() if kind == "tag" else ref.digested()
-        if name:
-            out[name] = None
-    return tuple(out)
-
-
-def _shorten(text: str) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= MAX_DETAILS else text[: MAX_DETAILS - 3] + "..."
-
-
-def _redact(text: str, secrets: Sequence[str]) -> str:
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret, "<redacted>")
-    return text
-
-
-def _secrets(auth: PullAuth | None) -> tuple[str, ...]:
-    if auth is None:
-        return ()
-    values = (auth.password, auth.auth, auth.identity_token, auth.registry_token)
-    return tuple(v for v in values if v)
-
-
-def _auth_config(auth: PullAuth) -> api_pb2.AuthConfig:
-    return api_pb2.AuthConfig(
-        username=auth.username,
-        password=auth.password,
-        auth=auth.auth,
-        server_address=auth.server_address,
-        identity_token=auth.identity_token,
-        registry_token=auth.registry_token,
-    )
-
-
-def upstream_timeout(remaining: float) -> float:
-    """The gRPC timeout that makes the upstream's deadline no later than ours.
-
-    gRPC sends a timeout rounded *up* to about three significant digits
-    (``grpc-timeout``: 10 ms steps below 10 s, 100 ms below 100 s...), so
-    one step is taken off, and :data:`ANSWER_MARGIN` for the way back.
-    """
-    step = 0.001 if remaining < 1 else 10.0 ** (math.floor(math.log10(remaining)) - 2)
-    return remaining - step - ANSWER_MARGIN
-
-
-def _real_deadline(deadline: float | None) -> float | None:
-    """A pull's ``time.monotonic()`` deadline, or None when it has none worth the name."""
-    if deadline is None or deadline - time.monotonic() > NO_DEADLINE_SECONDS:
-        return None
-    return deadline
-
-
-def trace_metadata() -> tuple[tuple[str, str], ...]:
-    """The current trace context (``traceparent``, ``tracestate``, ``baggage``) as metadata."""
-    carrier: dict[str, str] = {}
-    propagate.inject(carrier)
-    return tuple(carrier.items())
 
 
 class CriBackend:
@@ -337,7 +186,7 @@ class CriBackend:
         response: api_pb2.ListImagesResponse = self._call(
             "ListImages", api_pb2.ListImagesRequest(), self.options.call_timeout
         )
-        return [self._record(image) for image in response.images]
+        return [record_of(image, self.endpoint) for image in response.images]
 
     def filesystem_usage(self) -> Sequence[FilesystemUsage]:
         """The upstream's ``image_filesystems``, then its ``container_filesystems``."""
@@ -361,25 +210,8 @@ class CriBackend:
     def pull_image(self, request: PullRequest) -> ImageRecord:
         """PullImage upstream with the caller's auth, annotations, pod and deadline."""
         ref = request.ref
-        pull = api_pb2.PullImageRequest(
-            image=api_pb2.ImageSpec(
-                image=str(ref),
-                annotations=dict(request.annotations),
-                runtime_handler=request.runtime_handler,
-                user_specified_image=request.user_specified_image,
-            )
-        )
-        if request.auth:
-            pull.auth.CopyFrom(_auth_config(request.auth))
-        if request.pod is not None:
-            # the upstream runtime's own policies see the pod kubelet named
-            pod = request.pod
-            pull.sandbox_config.metadata.name = pod.name
-            pull.sandbox_config.metadata.namespace = pod.namespace
-            pull.sandbox_config.metadata.uid = pod.uid
-            pull.sandbox_config.annotations.update(pod.annotations)
-            pull.sandbox_config.labels.update(pod.labels)
-        deadline = _real_deadline(request.deadline)
+        pull = pull_message(request)
+        deadline = real_deadline(request.deadline)
         if deadline is None:
             timeout, bound = self.options.pull_timeout, "pull_timeout"
         else:
@@ -397,7 +229,7 @@ class CriBackend:
             request.auth,
             timeout,
         )
-        secrets = _secrets(request.auth)
+        secrets = secrets_of(request.auth)
         stub = self._stub_or_unavailable()
         try:
             future = stub.PullImage.future(pull, timeout=timeout, metadata=trace_metadata())
@@ -416,7 +248,7 @@ class CriBackend:
         if record is None:
             raise BackendError(
                 self.name,
-                f"upstream {self.endpoint} pulled {ref} as {_shorten(image_ref)!r} "
+                f"upstream {self.endpoint} pulled {ref} as {shorten(image_ref)!r} "
                 "but does not know that image",
             )
         return record
@@ -468,7 +300,7 @@ class CriBackend:
             return None
         if not response.HasField("image"):
             return None
-        record = self._record(response.image)
+        record = record_of(response.image, self.endpoint)
         if asked is not None and asked.kind is RefKind.ID and record.id != asked.digest:
             log.debug(
                 "cri backend %s: upstream answered %s for ID %s; taken as absent",
@@ -498,57 +330,14 @@ class CriBackend:
             )
         return stub
 
-    def _closed(self, exc: Exception) -> Unavailable:
-        return Unavailable(
-            f"cri backend {self.name}: upstream {self.endpoint} is unreachable: {exc}"
-        )
-
     def _error(
         self, exc: grpc.RpcError, method: str, timeout: float, secrets: Sequence[str]
     ) -> CrishimError:
-        """The domain error for an upstream status, naming this backend and the endpoint."""
-        code = exc.code()
-        details = _shorten(_redact(exc.details() or "", secrets)) or "no details"
-        where = f"cri backend {self.name}: upstream {self.endpoint}"
-        if code is grpc.StatusCode.UNAVAILABLE:
-            lowered = details.lower()
-            state = (
-                "is unreachable"
-                if any(w in lowered for w in _TRANSPORT_WORDS)
-                else "is unavailable"
-            )
-            return Unavailable(f"{where} {state}: {details}")
-        if code is grpc.StatusCode.DEADLINE_EXCEEDED:
-            return DeadlineExceeded(f"{where} did not answer {method} within {timeout:.3g}s")
-        if code is grpc.StatusCode.CANCELLED:
-            # crishim did not cancel it (pulls handle their own cancellation)
-            return Unavailable(f"{where} cancelled {method}: {details}")
-        if code is grpc.StatusCode.UNIMPLEMENTED:
-            return BackendError(
-                self.name,
-                f"upstream {self.endpoint} does not serve runtime.v1.ImageService/{method} "
-                f"(is it a CRI v1 image endpoint?): {details}",
-            )
-        kind = _DOMAIN_ERRORS.get(code)
-        if kind is not None:
-            return kind(f"{where}: {method}: {details}")
-        name = getattr(code, "name", str(code))
-        return BackendError(
-            self.name, f"upstream {self.endpoint}: {method} failed: {name}: {details}"
-        )
+        return error_for(exc, method, timeout, secrets, backend=self.name, endpoint=self.endpoint)
 
-    def _record(self, image: api_pb2.Image) -> ImageRecord:
-        annotations = dict(image.spec.annotations)
-        return ImageRecord(
-            id=record_id(image.id),
-            repo_tags=_names(image.repo_tags, "tag"),
-            repo_digests=_names(image.repo_digests, "digest"),
-            size=image.size,
-            user=user_of(image),
-            annotations=MappingProxyType(annotations) if annotations else NO_ANNOTATIONS,
-            source=self.endpoint,
-            pinned=image.pinned,
-            upstream=self.endpoint,
+    def _closed(self, exc: Exception) -> Unavailable:
+        return Unavailable(
+            f"cri backend {self.name}: upstream {self.endpoint} is unreachable: {exc}"
         )
 
 

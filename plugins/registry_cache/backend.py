@@ -27,30 +27,23 @@ deleted in between finds them missing at step 3 and fetches them again.
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import ssl
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
-from crishim.errors import BackendError, Unavailable
+from crishim.errors import BackendError
 from crishim.model import FilesystemUsage, ImageRecord
 from crishim.oci.atomic import fault_point
 from crishim.oci.indexing import LayoutIndex, rewrite_making_room
 from crishim.oci.layout import CONTAINERD_NAME, BrokenEntry, Layout, entry_key
 from crishim.oci.store import ContentStore, StoreError
 from crishim.reference import Reference
-from crishim.registry.client import Deadline, RegistryClient
-from crishim.registry.puller import (
-    ImageSource,
-    Plan,
-    Progress,
-    Puller,
-    admit,
-    check_names,
-    pull_request,
-)
+from crishim.registry.deadline import Deadline
+from crishim.registry.plan import ImageSource, Plan, Progress
+from crishim.registry.pulling import Pulling
 from crishim.types import BackendContext, ImportRequest, IndexedBackend, PullRequest
 
 from .options import RegistryCacheOptions
@@ -60,8 +53,6 @@ log = logging.getLogger(__name__)
 #: Committed blobs no index entry reaches are removed at start-up once
 #: they are this old (younger ones may belong to another process's pull).
 ORPHAN_GRACE_SECONDS = 3600.0
-#: How often a pull re-fetches blobs a concurrent removal deleted under it.
-COMMIT_ATTEMPTS = 3
 
 
 class RegistryCacheBackend(IndexedBackend):
@@ -81,15 +72,9 @@ class RegistryCacheBackend(IndexedBackend):
         self.layout = Layout(root, context.platform)
         # the store serves what the puller may put there: artifacts too, unless refused
         self.layout.resolver.artifacts = options.artifacts
-        self.client = RegistryClient(options, context.config_dir)
         self.tracer = context.tracer_provider.get_tracer(__name__)
-        self.puller = Puller(
-            context.name,
-            context.platform,
-            self.tracer,
-            max_concurrent_downloads=options.max_concurrent_downloads,
-            artifacts=options.artifacts,
-        )
+        #: The registry client and the puller, with the steps around a commit.
+        self.pulling = Pulling(context, options, self.tracer)
         self.entries = LayoutIndex(self.name, self.layout, self.publish)
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
@@ -106,10 +91,7 @@ class RegistryCacheBackend(IndexedBackend):
             self.store.open()
         except StoreError as exc:
             raise BackendError(self.name, str(exc)) from exc
-        try:
-            self.client.start()
-        except (OSError, ssl.SSLError) as exc:
-            raise BackendError(self.name, f"registry TLS settings: {exc}") from exc
+        self.pulling.start()
         with self.store.locked():
             self._refresh()
             self._sweep_orphans(ORPHAN_GRACE_SECONDS)
@@ -123,7 +105,7 @@ class RegistryCacheBackend(IndexedBackend):
         self._stop.set()
         if self._watcher is not None:
             self._watcher.join(timeout=5)
-        self.client.close()
+        self.pulling.close()
         self.store.close()
 
     # -- the index -------------------------------------------------------
@@ -206,30 +188,27 @@ class RegistryCacheBackend(IndexedBackend):
     # -- pulling ---------------------------------------------------------
 
     def pull_image(self, request: PullRequest) -> ImageRecord:
-        def fetch(ref: Reference, deadline: Deadline) -> ImageRecord:
-            try:
-                return self._pull(ref, request, deadline)
-            except (OSError, StoreError) as exc:
-                reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-                raise BackendError(self.name, f"pull {ref}: store {self.root}: {reason}") from exc
+        def store(session: ImageSource, ref: Reference) -> ImageRecord:
+            with self._store_errors(f"pull {ref}"):
+                return self._store(session, ref, request.progress, request)
 
-        return pull_request(self, self.name, self.tracer, request, fetch, self.client)
-
-    def _pull(self, ref: Reference, request: PullRequest, deadline: Deadline) -> ImageRecord:
-        session = self.client.session(ref, request.auth, deadline)
-        return self._store(session, ref, request.progress, request)
+        return self.pulling.pull(self, request, store)
 
     def import_image(self, request: ImportRequest) -> ImageRecord:
-        ref = request.ref
-        with self.tracer.start_as_current_span(
-            "registry.import",
-            attributes={"crishim.backend": self.name, "crishim.image.reference": str(ref)},
-        ):
-            try:
-                return self._store(request.source, ref, request.progress)
-            except (OSError, StoreError) as exc:
-                reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-                raise BackendError(self.name, f"import {ref}: store {self.root}: {reason}") from exc
+        def store(source: ImageSource, ref: Reference) -> ImageRecord:
+            with self._store_errors(f"import {ref}"):
+                return self._store(source, ref, request.progress)
+
+        return self.pulling.import_image(request, store)
+
+    @contextlib.contextmanager
+    def _store_errors(self, what: str) -> Iterator[None]:
+        """The store failing under ``what`` is this backend's error, naming the store."""
+        try:
+            yield
+        except (OSError, StoreError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            raise BackendError(self.name, f"{what}: store {self.root}: {reason}") from exc
 
     def _store(
         self,
@@ -240,18 +219,19 @@ class RegistryCacheBackend(IndexedBackend):
     ) -> ImageRecord:
         """Fetch what ``source`` holds for ``ref`` into the store and name it
         (``request``: the pull's, whose image policies judge the plan first)."""
-        deadline = source.deadline
-        plan = self.puller.plan(source, ref)
-        check_names(ref, plan)
-        admit(request, ref, plan, source)
-        for _ in range(COMMIT_ATTEMPTS):
-            self.puller.fetch(source, plan, self.store, progress)
-            record = self._commit(ref, plan, deadline)
-            if record is not None:
-                return record
-            log.info("backend %s: %s: blobs were removed meanwhile; fetching again", self.name, ref)
-        raise Unavailable(
-            f"pull {ref}: blobs kept being removed by concurrent RemoveImage calls; try again"
+        puller = self.pulling.puller
+        plan = puller.prepare(source, ref, request)
+
+        def attempt() -> ImageRecord | None:
+            puller.fetch(source, plan, self.store, progress)
+            return self._commit(ref, plan, source.deadline)
+
+        return self.pulling.until_committed(
+            attempt,
+            ref,
+            lost="removed",
+            gave_up=f"pull {ref}: blobs kept being removed by concurrent RemoveImage calls; "
+            "try again",
         )
 
     # -- committing ------------------------------------------------------
@@ -259,11 +239,7 @@ class RegistryCacheBackend(IndexedBackend):
     def _commit(self, ref: Reference, plan: Plan, deadline: Deadline) -> ImageRecord | None:
         """Store the manifests and name the image; None when blobs went missing."""
         deadline.check()
-        repository = ref.repository
-        if ref.digest:
-            names = [f"{repository}@{ref.digest}"]
-        else:
-            names = [f"{repository}:{ref.tag}", f"{repository}@{plan.top.digest}"]
+        names = plan.names(ref)
         entries = [
             {
                 "mediaType": plan.top.media_type,
