@@ -16,7 +16,7 @@ from types import TracebackType
 from typing import Protocol
 
 from crishim.errors import DataLoss
-from crishim.oci.spec import check_digest
+from crishim.oci.spec import Descriptor, InvalidContent
 from crishim.reference import Reference
 from crishim.types import PullProgress
 
@@ -25,27 +25,12 @@ from .download import ByteSink
 from .session import Fetched
 
 
-@dataclass(frozen=True)
-class Descriptor:
-    """A checked OCI descriptor from a manifest."""
-
-    digest: str
-    size: int
-    media_type: str
-
-    @classmethod
-    def parse(cls, raw: object, what: str) -> Descriptor:
-        if not isinstance(raw, dict):
-            raise DataLoss(f"{what} is not a descriptor object")
-        digest, size, media_type = raw.get("digest"), raw.get("size"), raw.get("mediaType", "")
-        try:
-            check_digest(digest if isinstance(digest, str) else "")
-        except ValueError:
-            raise DataLoss(f"{what} has an invalid digest {str(digest)[:80]!r}") from None
-        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-            raise DataLoss(f"{what} {digest} has an invalid size {size!r}")
-        assert isinstance(digest, str)
-        return cls(digest, size, media_type if isinstance(media_type, str) else "")
+def parse_descriptor(raw: object, what: str) -> Descriptor:
+    """The checked descriptor ``raw`` holds; malformed, it is DATA_LOSS (the registry sent it)."""
+    try:
+        return Descriptor.parse(raw, what)
+    except InvalidContent as exc:
+        raise DataLoss(str(exc)) from None
 
 
 @dataclass(frozen=True)

@@ -40,13 +40,21 @@ from opentelemetry.util.types import Attributes
 
 from crishim.errors import DataLoss, ImageNotFound, NotSupported
 from crishim.model import Platform
-from crishim.oci.spec import CONFIG_TYPES, INDEX_TYPES, MANIFEST_TYPES, MAX_JSON_BLOB, artifact_type
+from crishim.oci.spec import (
+    CONFIG_TYPES,
+    INDEX_TYPES,
+    MANIFEST_TYPES,
+    MAX_JSON_BLOB,
+    Descriptor,
+    artifact_type,
+    choose_platform,
+)
 from crishim.oci.store import BlobMismatch
 from crishim.reference import Reference
 from crishim.types import PullProgress, PullRequest
 
 from .deadline import Aborted
-from .plan import BlobSink, BlobWriter, Descriptor, ImageSource, Plan, Progress
+from .plan import BlobSink, BlobWriter, ImageSource, Plan, Progress, parse_descriptor
 from .request import admit, check_names, pull_request
 from .session import Fetched, json_object
 
@@ -137,7 +145,7 @@ class Puller:
             "registry.verify", attributes={"oci.digest": current.digest, "oci.kind": "manifest"}
         ):
             what = f"pull {ref}: manifest {current.digest}"
-            config = Descriptor.parse(manifest.get("config"), f"{what}: config")
+            config = parse_descriptor(manifest.get("config"), f"{what}: config")
             kind = artifact_type(current.media_type, manifest)
             if kind and not self.artifacts:
                 raise NotSupported(
@@ -155,7 +163,7 @@ class Puller:
             if not isinstance(raw_layers, list):
                 raise DataLoss(f"{what}: no layers list")
             layers = tuple(
-                Descriptor.parse(layer, f"{what}: layer {i}") for i, layer in enumerate(raw_layers)
+                parse_descriptor(layer, f"{what}: layer {i}") for i, layer in enumerate(raw_layers)
             )
         return Plan(
             top=top,
@@ -170,28 +178,12 @@ class Puller:
         manifests = index.get("manifests")
         if not isinstance(manifests, list):
             raise DataLoss(f"pull {ref}: the image index has no manifests list")
-        platform = self.platform
-        fallback: Descriptor | None = None
-        for i, candidate in enumerate(manifests):
-            if not isinstance(candidate, dict):
-                continue
-            plat = candidate.get("platform")
-            if not isinstance(plat, dict):
-                continue
-            os_name, arch = plat.get("os", ""), plat.get("architecture", "")
-            variant = plat.get("variant", "") or ""
-            if not all(isinstance(x, str) for x in (os_name, arch, variant)):
-                continue
-            if not platform.matches(os_name, arch, variant):
-                continue
-            descriptor = Descriptor.parse(candidate, f"pull {ref}: index entry {i}")
-            if variant == platform.variant:
-                return descriptor
-            if fallback is None:
-                fallback = descriptor
-        if fallback is None:
-            raise ImageNotFound(f"pull {ref}: the image has no manifest for platform {platform}")
-        return fallback
+        chosen = choose_platform(manifests, self.platform)
+        if chosen is None:
+            raise ImageNotFound(
+                f"pull {ref}: the image has no manifest for platform {self.platform}"
+            )
+        return parse_descriptor(manifests[chosen], f"pull {ref}: index entry {chosen}")
 
     # -- fetching --------------------------------------------------------
 

@@ -38,8 +38,10 @@ from crishim.oci.spec import (
     MAX_JSON_BLOB,
     OCI_INDEX,
     OCI_MANIFEST,
+    InvalidContent,
     digest_of,
 )
+from crishim.oci.spec import json_object as parse_object
 
 from .auth import Credentials, RegistryAuth, Secrets, refused
 from .deadline import Deadline
@@ -61,16 +63,11 @@ def redact(text: str) -> str:
 
 
 def json_object(data: bytes, what: str) -> dict[str, Any]:
-    """Parse a JSON object or raise DataLoss naming ``what``."""
+    """A manifest, index or config a registry sent, as a JSON object; DATA_LOSS otherwise."""
     try:
-        parsed = json.loads(data)
-    except ValueError as exc:
-        raise DataLoss(f"{what} is not valid JSON: {redact(str(exc))}") from None
-    except RecursionError:
-        raise DataLoss(f"{what} is nested too deep to be a manifest") from None
-    if not isinstance(parsed, dict):
-        raise DataLoss(f"{what} is not a JSON object")
-    return parsed
+        return parse_object(data, what)
+    except InvalidContent as exc:
+        raise DataLoss(redact(str(exc))) from None
 
 
 @dataclass(frozen=True)
