@@ -22,10 +22,10 @@ import hashlib
 import json
 import logging
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from crishim import reference
 from crishim.model import Platform
@@ -97,6 +97,7 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 #: index.json larger than this is refused (100,000 entries take about 40 MB).
 MAX_INDEX_JSON = 1024 * 1024 * 1024
@@ -149,18 +150,15 @@ class Layout:
 
     def read_blob(self, digest: str, limit: int) -> bytes:
         """A blob's first ``limit`` bytes (the BlobReader the resolver uses)."""
-        try:
-            return self.tree.read(self._blob_file(digest), limit)
-        except FileNotFoundError:
-            raise MissingBlob(digest) from None
-        except Unsafe as exc:
-            raise BrokenEntry(f"blob {digest}: {exc.strerror}: refused") from None
-        except OSError as exc:
-            raise UnreadableBlob(str(exc.strerror)) from None
+        return self._on_blob(digest, lambda path: self.tree.read(path, limit))
 
     def blob_size(self, digest: str) -> int:
+        return self._on_blob(digest, self.tree.size)
+
+    def _on_blob(self, digest: str, action: Callable[[str], _T]) -> _T:
+        """``action`` on a blob's path; what fails, as the resolver's errors say it."""
         try:
-            return self.tree.size(self._blob_file(digest))
+            return action(self._blob_file(digest))
         except FileNotFoundError:
             raise MissingBlob(digest) from None
         except Unsafe as exc:
