@@ -14,6 +14,7 @@ from typing import Any
 import grpc
 
 from crishim.cri.runtime.v1 import api_pb2
+from crishim.model import split_user
 from crishim.testing.server import RunningShim
 
 __all__ = [
@@ -159,11 +160,6 @@ def recent(timestamp_ns: int, now_ns: int) -> bool:
     return abs(now_ns - timestamp_ns) <= RECENT_NS
 
 
-def expected_user(user: str) -> tuple[int | None, str]:
-    """The CRI's (uid, username) for a config's ``User`` (the group is never reported)."""
-    name = user.split(":", 1)[0]
-    if not name:
-        return None, ""
-    if name.isdigit():
-        return int(name), ""
-    return None, name
+#: The CRI's (uid, username) for a config's ``User`` (the group is never
+#: reported): the rule the servicer applies, :func:`crishim.model.split_user`.
+expected_user = split_user
