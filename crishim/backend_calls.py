@@ -8,7 +8,7 @@ dict where records are due) is treated the same way. A backend with a
 ``timeout`` is called on its own bounded worker pool (:mod:`crishim.timed`)
 and given up on past it; the others are called directly, on the caller's
 thread. With telemetry on, each call is a child span and an outcome count
-(:class:`crishim.tracing.PluginTelemetry`).
+(:class:`crishim.telemetry.spans.PluginTelemetry`).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from crishim.timed import TimedCaller
 from crishim.types import Backend
 
 if TYPE_CHECKING:
-    from crishim.tracing import PluginTelemetry
+    from crishim.telemetry.spans import PluginTelemetry
 
 __all__ = ["BackendCalls", "BackendHandle", "shape_of"]
 

@@ -49,7 +49,7 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from crishim.tracing import PluginTelemetry
+    from crishim.telemetry.spans import PluginTelemetry
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -7,7 +7,7 @@ one part, in the style of dependency-injector's multiple-containers
 application:
 
 * :class:`Core`: the settings, the plugins found, the pins;
-* :class:`Telemetry`: tracing and metrics (crishim.tracing, crishim.metrics),
+* :class:`Telemetry`: tracing and metrics (crishim.telemetry),
   all None when off;
 * :class:`Instances`: the backend, filter and pull policy instances
   (:mod:`crishim.instances` builds them);

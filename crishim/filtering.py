@@ -21,7 +21,7 @@ from crishim.model import ImageRecord
 from crishim.types import VISIBLE, Filter, Verdict
 
 if TYPE_CHECKING:
-    from crishim.tracing import PluginTelemetry
+    from crishim.telemetry.spans import PluginTelemetry
 
 __all__ = ["FilterChain", "FilterHandle"]
 

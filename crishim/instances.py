@@ -47,7 +47,7 @@ from crishim.types import (
 )
 
 if TYPE_CHECKING:
-    from crishim.tracing import PluginTelemetry
+    from crishim.telemetry.spans import PluginTelemetry
 
 log = logging.getLogger("crishim.container")
 

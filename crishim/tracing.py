@@ -1,90 +1,12 @@
-"""Moved to :mod:`crishim.telemetry` (setup, spans, attributes, otlp): kept for one release."""
+"""Moved to :mod:`crishim.telemetry` (setup, spans, attributes, otlp): kept for one release.
+
+Every public name of those modules is still importable from here.
+"""
 
 from __future__ import annotations
 
-from crishim.telemetry import CRI_SERVICE, SCOPE
-from crishim.telemetry.attributes import (
-    ATTR_BACKEND,
-    ATTR_FOUND,
-    ATTR_IMAGE_COUNT,
-    ATTR_IMAGE_ID,
-    ATTR_NORMALIZED,
-    ATTR_OPERATION,
-    ATTR_OUTCOME,
-    ATTR_PLUGIN_KIND,
-    ATTR_PLUGIN_NAME,
-    ATTR_PLUGIN_TYPE,
-    ATTR_REFERENCE,
-    OUTCOME_ALLOWED,
-    OUTCOME_DENIED,
-    OUTCOME_ERROR,
-    OUTCOME_HIDDEN,
-    OUTCOME_HIT,
-    OUTCOME_MISS,
-    OUTCOME_VISIBLE,
-    fail_span,
-    note_answer,
-    note_answers,
-    note_reference,
-    record_error,
-    safe_url,
-)
-from crishim.telemetry.otlp import SpanEncoder
-from crishim.telemetry.setup import (
-    ENV_SOURCE,
-    ExportSetup,
-    TracingSetup,
-    build_tracer_provider,
-    env_true,
-    make_resource,
-    make_sampler,
-    make_span_exporter,
-    resolve_export,
-    resolve_tracing,
-    tracer_provider_resource,
-)
-from crishim.telemetry.spans import PluginTelemetry, plugin_telemetry, server_interceptors
-
-__all__ = [
-    "ATTR_BACKEND",
-    "ATTR_FOUND",
-    "ATTR_IMAGE_COUNT",
-    "ATTR_IMAGE_ID",
-    "ATTR_NORMALIZED",
-    "ATTR_OPERATION",
-    "ATTR_OUTCOME",
-    "ATTR_PLUGIN_KIND",
-    "ATTR_PLUGIN_NAME",
-    "ATTR_PLUGIN_TYPE",
-    "ATTR_REFERENCE",
-    "CRI_SERVICE",
-    "ENV_SOURCE",
-    "OUTCOME_ALLOWED",
-    "OUTCOME_DENIED",
-    "OUTCOME_ERROR",
-    "OUTCOME_HIDDEN",
-    "OUTCOME_HIT",
-    "OUTCOME_MISS",
-    "OUTCOME_VISIBLE",
-    "SCOPE",
-    "ExportSetup",
-    "PluginTelemetry",
-    "SpanEncoder",
-    "TracingSetup",
-    "build_tracer_provider",
-    "env_true",
-    "fail_span",
-    "make_resource",
-    "make_sampler",
-    "make_span_exporter",
-    "note_answer",
-    "note_answers",
-    "note_reference",
-    "plugin_telemetry",
-    "record_error",
-    "resolve_export",
-    "resolve_tracing",
-    "safe_url",
-    "server_interceptors",
-    "tracer_provider_resource",
-]
+from crishim.telemetry import *  # noqa: F403
+from crishim.telemetry.attributes import *  # noqa: F403
+from crishim.telemetry.otlp import *  # noqa: F403
+from crishim.telemetry.setup import *  # noqa: F403
+from crishim.telemetry.spans import *  # noqa: F403

@@ -16,12 +16,12 @@ crishim use the API. Nothing here imports the server or the catalog.
 
 from __future__ import annotations
 
-from crishim.cri.runtime.v1 import api_pb2
+from crishim.cri_messages import IMAGE_SERVICE
 
 #: The instrumentation scope of crishim's spans and instruments.
 SCOPE = "crishim"
 #: The gRPC service whose calls are traced and measured (not the health service).
-CRI_SERVICE: str = api_pb2.DESCRIPTOR.services_by_name["ImageService"].full_name
+CRI_SERVICE = IMAGE_SERVICE
 #: What every traced method name starts with: ``/runtime.v1.ImageService/``.
 CRI_PREFIX = f"/{CRI_SERVICE}/"
 
