@@ -7,44 +7,20 @@ cached: the upstream is the truth.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from crishim import hookimpl
-from crishim.types import BackendContext, BackendType
-
+from .._lazy import lazy_backend
 from .options import CriOptions
 
 if TYPE_CHECKING:
     from .backend import CriBackend
 
+crishim_backend_types, __getattr__ = lazy_backend(
+    "cri",
+    __name__,
+    "CriBackend",
+    CriOptions,
+    "forwards every call to another CRI image service (CRI-O, containerd)",
+)
 
-def _build(context: BackendContext, options: CriOptions) -> CriBackend:
-    # Imported here, as registry-cache does: configs without a cri backend
-    # pay nothing for it.
-    from .backend import CriBackend
-
-    return CriBackend(context, options)
-
-
-@hookimpl
-def crishim_backend_types() -> Iterable[BackendType]:
-    return [
-        BackendType(
-            name="cri",
-            factory=_build,
-            options_model=CriOptions,
-            description="forwards every call to another CRI image service (CRI-O, containerd)",
-        )
-    ]
-
-
-__all__ = ["CriOptions", "crishim_backend_types"]
-
-
-def __getattr__(name: str) -> Any:
-    if name == "CriBackend":
-        from .backend import CriBackend
-
-        return CriBackend
-    raise AttributeError(name)
+__all__ = ["CriBackend", "CriOptions", "crishim_backend_types"]
