@@ -54,8 +54,10 @@ from crishim.process import (
     Signals,
     bounded,
     exit_now,
+    join_in_main,
     lingering_threads,
     process_started,
+    wait_in_main,
 )
 from crishim.server import Server, SocketError
 from crishim.types import IndexedBackend
@@ -293,7 +295,7 @@ class Daemon:
         )
         self.notifier.ready(_status(catalog, server.socket_path))
         while True:
-            self.signals.wake.wait()
+            wait_in_main(self.signals.wake)
             self.signals.wake.clear()
             if self.signals.stop.is_set():
                 return
@@ -314,7 +316,7 @@ class Daemon:
         if step == container.CLOSE_BACKENDS:
             # the catalogs a reload replaced close first (their calls are over)
             for thread in self._retiring:
-                thread.join(self._left(CLOSE_TIMEOUT))
+                join_in_main(thread, self._left(CLOSE_TIMEOUT))
         bounded(step, fn, self._left(CLOSE_TIMEOUT))
 
     def _start_catalog(

@@ -45,6 +45,35 @@ def process_started() -> float:
     return now - max(age, 0.0)
 
 
+#: Seconds the main thread blocks at most before it runs pending signal handlers.
+SIGNAL_SLICE = 0.2
+
+
+def wait_in_main(event: threading.Event, timeout: float | None = None) -> bool:
+    """``event.wait(timeout)`` for the main thread, which runs signal handlers meanwhile.
+
+    Python runs a handler in the main thread when it next executes bytecode;
+    Linux delivers a process's signal to any thread that does not block it,
+    and when that is a gRPC or plugin thread, a main thread blocked in one
+    long wait would run the handler only once the wait ends (a second
+    SIGTERM then waits out the grace period). Waiting in slices bounds that.
+    """
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        left = SIGNAL_SLICE if deadline is None else min(SIGNAL_SLICE, deadline - time.monotonic())
+        if event.wait(max(left, 0.0)):
+            return True
+        if deadline is not None and time.monotonic() >= deadline:
+            return False
+
+
+def join_in_main(thread: threading.Thread, timeout: float) -> None:
+    """``thread.join(timeout)`` for the main thread: see :func:`wait_in_main`."""
+    deadline = time.monotonic() + timeout
+    while thread.is_alive() and time.monotonic() < deadline:
+        thread.join(min(SIGNAL_SLICE, max(deadline - time.monotonic(), 0.0)))
+
+
 def bounded(what: str, fn: Callable[[], object], timeout: float) -> bool:
     """Run ``fn`` on a daemon thread, waiting at most ``timeout`` seconds.
 
@@ -62,7 +91,7 @@ def bounded(what: str, fn: Callable[[], object], timeout: float) -> bool:
             done.set()
 
     threading.Thread(target=run, name=f"crishim-{what.replace(' ', '-')}", daemon=True).start()
-    if done.wait(max(timeout, 0.0)):
+    if wait_in_main(done, max(timeout, 0.0)):
         return True
     log.warning("%s did not finish within %.1fs; going on without it", what, timeout)
     return False

@@ -35,8 +35,12 @@ HELLO = "example.com/crishim/hello:1.0"
 #: A backend type "misbehave": lookups of ``*/hang`` block forever (or for
 #: ``lookup_delay`` seconds), pulls block forever, ``close`` may block
 #: forever, ``start`` may sleep or fail. Each blocking point first creates
-#: ``<marker>/<what>`` so a test knows the call is inside.
+#: ``<marker>/<what>`` so a test knows the call is inside. A lookup of
+#: ``*/sigterm`` sends SIGTERM to the gRPC worker thread making it, as Linux
+#: may deliver a signal meant for the process to any of its threads.
 MISBEHAVING_PLUGIN = """
+    import os
+    import signal
     import threading
     import time
     from pathlib import Path
@@ -69,6 +73,8 @@ MISBEHAVING_PLUGIN = """
                 raise BackendError(self.name, self.options.fail_start)
 
         def get_image(self, ref):
+            if ref.repository.endswith("/sigterm"):
+                signal.pthread_kill(threading.get_ident(), signal.SIGTERM)
             if ref.repository.endswith("/hang"):
                 self._mark("lookup")
                 if self.options.lookup_delay is None:
@@ -284,6 +290,28 @@ def test_a_second_signal_exits_at_once(
         assert serve.finish(timeout=60) == 3, serve.log
         call.cancel()
     assert "received SIGINT again: exiting now" in serve.log
+
+
+def test_a_signal_caught_by_another_thread_still_stops_the_server(
+    sockdir: Path, tmp_path: Path, env: dict[str, str], marker: Path
+) -> None:
+    """The main thread runs Python's signal handlers; it must not sleep through one
+    that arrived on a gRPC worker thread."""
+    sock = sockdir / "crishim.sock"
+    config = _write(
+        tmp_path / "c.yaml",
+        f"server: {{listen: 'unix://{sock}', grace_period: 5}}\n"
+        "backends:\n"
+        f"  - {{name: bad, type: misbehave, options: {{marker: '{marker}'}}}}\n",
+    )
+    serve = Serve(config, env)
+    serve.wait_for("ready in")
+    channel, stub = _stub(sock)
+    with channel:
+        request = api_pb2.ImageStatusRequest(image=api_pb2.ImageSpec(image="team/sigterm:1"))
+        assert not stub.ImageStatus(request, timeout=30).HasField("image")
+        serve.wait_for("received SIGTERM: stopping", timeout=30)
+    assert serve.finish(timeout=60) == 0, serve.log
 
 
 # -- reloads -------------------------------------------------------------------------------------
