@@ -97,6 +97,21 @@ MISBEHAVING_PLUGIN = """
 """
 
 
+#: Every Serve of the running test: killed at its end if still running (a
+#: failed assertion must not leave a server behind).
+_STARTED: list[Serve] = []
+
+
+@pytest.fixture(autouse=True)
+def _no_server_left() -> Iterator[None]:
+    yield
+    while _STARTED:
+        serve = _STARTED.pop()
+        if serve.proc.poll() is None:
+            serve.proc.kill()
+            serve.proc.wait()
+
+
 class Serve:
     """A ``crishim serve`` process and what it has logged so far."""
 
@@ -110,6 +125,7 @@ class Serve:
             text=True,
             env=env,
         )
+        _STARTED.append(self)
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
 
