@@ -212,6 +212,16 @@ def _write(path: Path, text: str) -> Path:
     return path
 
 
+def _misbehaving(tmp_path: Path, sock: Path, marker: Path, grace_period: float) -> Path:
+    """A config serving one ``misbehave`` backend on ``sock``."""
+    return _write(
+        tmp_path / "c.yaml",
+        f"server: {{listen: 'unix://{sock}', grace_period: {grace_period}}}\n"
+        "backends:\n"
+        f"  - {{name: bad, type: misbehave, options: {{marker: '{marker}'}}}}\n",
+    )
+
+
 def _demo(pinned: str = "[]", level: str = "info") -> str:
     return (
         f"logging: {{level: {level}}}\n"
@@ -286,12 +296,7 @@ def test_a_second_signal_exits_at_once(
     sockdir: Path, tmp_path: Path, env: dict[str, str], marker: Path
 ) -> None:
     sock = sockdir / "crishim.sock"
-    config = _write(
-        tmp_path / "c.yaml",
-        f"server: {{listen: 'unix://{sock}', grace_period: 600}}\n"
-        "backends:\n"
-        f"  - {{name: bad, type: misbehave, options: {{marker: '{marker}'}}}}\n",
-    )
+    config = _misbehaving(tmp_path, sock, marker, grace_period=600)
     serve = Serve(config, env)
     serve.wait_for("ready in")
     channel, stub = _stub(sock)
@@ -314,12 +319,7 @@ def test_a_signal_caught_by_another_thread_still_stops_the_server(
     """The main thread runs Python's signal handlers; it must not sleep through one
     that arrived on a gRPC worker thread."""
     sock = sockdir / "crishim.sock"
-    config = _write(
-        tmp_path / "c.yaml",
-        f"server: {{listen: 'unix://{sock}', grace_period: 5}}\n"
-        "backends:\n"
-        f"  - {{name: bad, type: misbehave, options: {{marker: '{marker}'}}}}\n",
-    )
+    config = _misbehaving(tmp_path, sock, marker, grace_period=5)
     serve = Serve(config, env)
     serve.wait_for("ready in")
     channel, stub = _stub(sock)
