@@ -54,10 +54,8 @@ from crishim.process import (
     Signals,
     bounded,
     exit_now,
-    join_in_main,
     lingering_threads,
     process_started,
-    wait_in_main,
 )
 from crishim.server import Server, SocketError
 from crishim.types import IndexedBackend
@@ -295,7 +293,7 @@ class Daemon:
         )
         self.notifier.ready(_status(catalog, server.socket_path))
         while True:
-            wait_in_main(self.signals.wake)
+            self.signals.wake.wait()
             self.signals.wake.clear()
             if self.signals.stop.is_set():
                 return
@@ -316,7 +314,7 @@ class Daemon:
         if step == container.CLOSE_BACKENDS:
             # the catalogs a reload replaced close first (their calls are over)
             for thread in self._retiring:
-                join_in_main(thread, self._left(CLOSE_TIMEOUT))
+                thread.join(self._left(CLOSE_TIMEOUT))
         bounded(step, fn, self._left(CLOSE_TIMEOUT))
 
     def _start_catalog(

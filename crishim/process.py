@@ -1,9 +1,9 @@
 """The serving process's own machinery: signals, bounded steps, and ending the process.
 
-:mod:`crishim.daemon` steers; this is what it steers with. Signal handlers
-only set events (they run on the main thread wherever it was interrupted,
-so they take no lock); whatever may block runs on a daemon thread with a
-bound (:func:`bounded`); and the process ends with ``os._exit``, because
+:mod:`crishim.daemon` steers; this is what it steers with. Signals are
+acted on by a thread of their own (:class:`Signals`), never in a handler;
+whatever may block runs on a daemon thread with a bound (:func:`bounded`);
+and the process ends with ``os._exit``, because
 gRPC's worker threads (a call stuck in a plugin holds one) would otherwise
 be joined at interpreter exit, for ever.
 """
@@ -45,35 +45,6 @@ def process_started() -> float:
     return now - max(age, 0.0)
 
 
-#: Seconds the main thread blocks at most before it runs pending signal handlers.
-SIGNAL_SLICE = 0.2
-
-
-def wait_in_main(event: threading.Event, timeout: float | None = None) -> bool:
-    """``event.wait(timeout)`` for the main thread, which runs signal handlers meanwhile.
-
-    Python runs a handler in the main thread when it next executes bytecode;
-    Linux delivers a process's signal to any thread that does not block it,
-    and when that is a gRPC or plugin thread, a main thread blocked in one
-    long wait would run the handler only once the wait ends (a second
-    SIGTERM then waits out the grace period). Waiting in slices bounds that.
-    """
-    deadline = None if timeout is None else time.monotonic() + timeout
-    while True:
-        left = SIGNAL_SLICE if deadline is None else min(SIGNAL_SLICE, deadline - time.monotonic())
-        if event.wait(max(left, 0.0)):
-            return True
-        if deadline is not None and time.monotonic() >= deadline:
-            return False
-
-
-def join_in_main(thread: threading.Thread, timeout: float) -> None:
-    """``thread.join(timeout)`` for the main thread: see :func:`wait_in_main`."""
-    deadline = time.monotonic() + timeout
-    while thread.is_alive() and time.monotonic() < deadline:
-        thread.join(min(SIGNAL_SLICE, max(deadline - time.monotonic(), 0.0)))
-
-
 def bounded(what: str, fn: Callable[[], object], timeout: float) -> bool:
     """Run ``fn`` on a daemon thread, waiting at most ``timeout`` seconds.
 
@@ -91,7 +62,7 @@ def bounded(what: str, fn: Callable[[], object], timeout: float) -> bool:
             done.set()
 
     threading.Thread(target=run, name=f"crishim-{what.replace(' ', '-')}", daemon=True).start()
-    if wait_in_main(done, max(timeout, 0.0)):
+    if done.wait(max(timeout, 0.0)):
         return True
     log.warning("%s did not finish within %.1fs; going on without it", what, timeout)
     return False
@@ -118,11 +89,17 @@ def exit_now(code: int) -> None:
 class Signals:
     """SIGTERM/SIGINT ask for a stop, SIGHUP for a reload; the main loop acts.
 
-    The handlers only set events (a second stop signal exits at once,
-    writing its line without a lock): a handler runs in the main thread
-    wherever it was interrupted, possibly inside the logging module or a
-    thread start, so it takes no lock it could already hold. A watcher
-    thread logs the stop and calls ``on_stop`` (which arms the stop bound).
+    No work is done in a signal handler. Python runs handlers on the main
+    thread wherever it was interrupted (inside a lock it holds, the logging
+    module, an ``Event.wait``), and only once that thread runs bytecode
+    again, while Linux may deliver the signal to any thread: a handler that
+    set an event could deadlock on the event's own lock, and one that came
+    to a gRPC worker thread waited for the main thread to wake. Instead the
+    interpreter writes each signal's number to a pipe
+    (:func:`signal.set_wakeup_fd`, in C, at once), and the ``crishim-signals``
+    thread reads it and acts: it sets the events, logs, calls ``on_stop``
+    (which arms the stop bound), and on a second stop signal ends the
+    process at once.
     """
 
     def __init__(self, on_stop: Callable[[str], None]) -> None:
@@ -132,48 +109,60 @@ class Signals:
         self.stop_reason = ""
         self._on_stop = on_stop
         self._previous: dict[int, Any] = {}
-        self._restored = False
-        self._wake_watcher = threading.Event()
+        self._previous_fd = -1
+        self._write_fd = -1
 
     def install(self) -> None:
-        for sig, handler in (
-            (signal.SIGTERM, self._stop),
-            (signal.SIGINT, self._stop),
-            (signal.SIGHUP, self._reload),
-        ):
-            self._previous[sig] = signal.signal(sig, handler)
-        threading.Thread(target=self._watch, name="crishim-stop-watch", daemon=True).start()
+        """From the main thread, before any other thread of crishim's runs."""
+        read_fd, self._write_fd = os.pipe()
+        os.set_blocking(self._write_fd, False)
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            self._previous[sig] = signal.signal(sig, _noted)
+        self._previous_fd = signal.set_wakeup_fd(self._write_fd, warn_on_full_buffer=False)
+        threading.Thread(
+            target=self._watch, args=(read_fd,), name="crishim-signals", daemon=True
+        ).start()
 
     def restore(self) -> None:
+        signal.set_wakeup_fd(self._previous_fd)
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
-        self._restored = True
-        self._wake_watcher.set()
+        os.close(self._write_fd)  # the watcher reads the end and returns
 
-    def _stop(self, signum: int, frame: FrameType | None) -> None:
+    def _watch(self, read_fd: int) -> None:
+        try:
+            while data := os.read(read_fd, 64):
+                for signum in data:
+                    self._act(signum)
+        finally:
+            os.close(read_fd)
+
+    def _act(self, signum: int) -> None:
+        if signum == signal.SIGHUP:
+            self.reload.set()
+            self.wake.set()
+            return
+        if signum not in (signal.SIGTERM, signal.SIGINT):
+            return
         name = signal.Signals(signum).name
         if self.stop.is_set():
+            # no logging lock: a thread stuck writing a log line must not hold the exit
             _say_unlocked(logging.WARNING, f"received {name} again: exiting now")
             os._exit(EXIT_FORCED)
         self.stop_reason = name
         self.stop.set()
         self.wake.set()
-        self._wake_watcher.set()
+        log.info("received %s: stopping", name)
+        self._on_stop(name)
 
-    def _reload(self, signum: int, frame: FrameType | None) -> None:
-        self.reload.set()
-        self.wake.set()
 
-    def _watch(self) -> None:
-        self._wake_watcher.wait()
-        if self.stop.is_set():
-            log.info("received %s: stopping", self.stop_reason)
-            self._on_stop(self.stop_reason)
+def _noted(signum: int, frame: FrameType | None) -> None:
+    """The Python-level handler: nothing; the wakeup pipe carries the signal."""
 
 
 def _say_unlocked(level: int, message: str) -> None:
     """One log line written straight to stderr, formatted as the log's lines are
-    but taking no lock (for signal handlers)."""
+    but taking no lock (for the exit a second stop signal forces)."""
     record = log.makeRecord(log.name, level, __file__, 0, message, (), None)
     formatter = next(
         (h.formatter for h in logging.getLogger().handlers if h.formatter is not None), None
