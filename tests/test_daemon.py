@@ -10,6 +10,7 @@ the suite: nothing here measures time.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import signal
@@ -18,8 +19,9 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -212,14 +214,23 @@ def _write(path: Path, text: str) -> Path:
     return path
 
 
-def _misbehaving(tmp_path: Path, sock: Path, marker: Path, grace_period: float) -> Path:
-    """A config serving one ``misbehave`` backend on ``sock``."""
-    return _write(
-        tmp_path / "c.yaml",
-        f"server: {{listen: 'unix://{sock}', grace_period: {grace_period}}}\n"
-        "backends:\n"
-        f"  - {{name: bad, type: misbehave, options: {{marker: '{marker}'}}}}\n",
-    )
+def _misbehaving(
+    tmp_path: Path,
+    sock: Path,
+    marker: Path,
+    *,
+    name: str = "bad",
+    grace_period: float | None = None,
+    then: Sequence[dict[str, Any]] = (),
+    **options: Any,
+) -> Path:
+    """A config serving a ``misbehave`` backend ``name`` (with ``options``) on
+    ``sock``, followed by the backends ``then``."""
+    server: dict[str, Any] = {"listen": f"unix://{sock}"}
+    if grace_period is not None:
+        server["grace_period"] = grace_period
+    bad = {"name": name, "type": "misbehave", "options": {"marker": str(marker), **options}}
+    return _write(tmp_path / "c.yaml", json.dumps({"server": server, "backends": [bad, *then]}))
 
 
 def _demo(pinned: str = "[]", level: str = "info") -> str:
@@ -257,13 +268,8 @@ def test_a_stop_ends_the_process_whatever_a_backend_is_doing(
     """A call stuck for ever in a plugin without a timeout, and a close() that
     never returns, still let SIGTERM end the process and remove the socket."""
     sock = sockdir / "crishim.sock"
-    config = _write(
-        tmp_path / "c.yaml",
-        f"server: {{listen: 'unix://{sock}', grace_period: 1}}\n"
-        "backends:\n"
-        f"  - {{name: bad, type: misbehave, options: {{marker: '{marker}', hang_close: true}}}}\n"
-        f"  - {{name: demo, type: oci-dir, options: {{path: '{LAYOUT}'}}}}\n",
-    )
+    demo = {"name": "demo", "type": "oci-dir", "options": {"path": str(LAYOUT)}}
+    config = _misbehaving(tmp_path, sock, marker, grace_period=1, hang_close=True, then=[demo])
     serve = Serve(config, env)
     serve.wait_for("ready in")
     channel, stub = _stub(sock)
@@ -425,12 +431,7 @@ def test_sighup_during_start_up_does_not_kill(
     sockdir: Path, tmp_path: Path, env: dict[str, str], marker: Path
 ) -> None:
     sock = sockdir / "crishim.sock"
-    config = _write(
-        tmp_path / "c.yaml",
-        f"server: {{listen: 'unix://{sock}'}}\n"
-        "backends:\n"
-        f"  - {{name: s, type: misbehave, options: {{marker: '{marker}', start_delay: 1}}}}\n",
-    )
+    config = _misbehaving(tmp_path, sock, marker, name="s", start_delay=1)
     with serving(config, env) as serve:
         _wait_file(marker / "start", serve)
         serve.signal(signal.SIGHUP)
@@ -467,13 +468,7 @@ def test_every_backend_failing_to_start_names_file_and_key(
     sockdir: Path, tmp_path: Path, env: dict[str, str], marker: Path
 ) -> None:
     sock = sockdir / "crishim.sock"
-    config = _write(
-        tmp_path / "c.yaml",
-        f"server: {{listen: 'unix://{sock}'}}\n"
-        "backends:\n"
-        f"  - {{name: x, type: misbehave, "
-        f"options: {{marker: '{marker}', fail_start: 'no disk'}}}}\n",
-    )
+    config = _misbehaving(tmp_path, sock, marker, name="x", fail_start="no disk")
     serve = Serve(config, env)
     assert serve.finish() == 2
     assert f"crishim: {config}: backends[0] (x, type misbehave): cannot start: no disk" in (
