@@ -577,6 +577,15 @@ def test_pull_metrics_bytes_durations_and_the_queue(
     assert pulled == {"cache": sum(queue_images.blobs(10).values())}
 
 
+def slow_pull_lines(caplog: pytest.LogCaptureFixture, ref: str = "") -> list[logging.LogRecord]:
+    """The slow-pull log lines captured so far (of ``ref``'s pull, when given)."""
+    return [
+        r
+        for r in caplog.records
+        if r.name == "crishim.pulls" and "taking long" in r.getMessage() and ref in r.getMessage()
+    ]
+
+
 def test_a_slow_pull_is_logged_once_at_info(
     tmp_path: Path,
     registry: RegistryProcess,
@@ -588,21 +597,14 @@ def test_a_slow_pull_is_logged_once_at_info(
     config = config_for(tmp_path / "store", registry, clean_proxy, slow_pull_seconds=0.3)
     ref = queue_images.ref(12)
 
-    def slow_lines() -> list[logging.LogRecord]:
-        return [
-            r
-            for r in caplog.records
-            if r.name == "crishim.pulls" and "taking long" in r.getMessage()
-        ]
-
     with running_server(config) as shim, holding(clean_proxy):
         future = pull_future(shim, ref)
-        (line,) = wait_until(slow_lines, "the slow-pull line")
+        (line,) = wait_until(lambda: slow_pull_lines(caplog), "the slow-pull line")
         # let the pull run on well past the threshold: still one line
         when(shim, "the pull running a while", lambda s: s["pulls"][0]["elapsed"] > 1.0)
         clean_proxy.released.set()
         assert future.result(timeout=30).image_ref == queue_images.images[12].id
-    assert slow_lines() == [line]
+    assert slow_pull_lines(caplog) == [line]
     assert line.levelno == logging.INFO
     # its progress as it stood: held before any blob byte, so nothing done yet
     assert re.fullmatch(
@@ -625,22 +627,13 @@ def test_a_pull_slow_in_the_queue_is_logged_too(
     )
     first, waiting = queue_images.ref(13), queue_images.ref(14)
 
-    def slow_line(ref: str) -> list[str]:
-        return [
-            r.getMessage()
-            for r in caplog.records
-            if r.name == "crishim.pulls"
-            and ref in r.getMessage()
-            and "taking long" in r.getMessage()
-        ]
-
     with running_server(config) as shim, holding(clean_proxy):
         one = pull_future(shim, first)
         when(shim, "the first pull running", lambda s: s["running"] == 1)
         two = pull_future(shim, waiting)
-        (message,) = wait_until(lambda: slow_line(waiting), "the queued pull's slow line")
-        assert "queued" in message
+        (line,) = wait_until(lambda: slow_pull_lines(caplog, waiting), "the queued pull's line")
+        assert "queued" in line.getMessage()
         clean_proxy.released.set()
         one.result(timeout=30)
         two.result(timeout=30)
-    assert len(slow_line(waiting)) == 1
+    assert len(slow_pull_lines(caplog, waiting)) == 1
