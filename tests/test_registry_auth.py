@@ -43,11 +43,6 @@ IDENTITY_TOKEN = "identity-token-of-alice-7f3a"
 SECRETS = (PASSWORD, IDENTITY_TOKEN, base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode())
 
 
-@pytest.fixture
-def store(tmp_path: Path) -> Path:
-    return tmp_path / "store"
-
-
 def _auth(**fields: str) -> api_pb2.AuthConfig:
     return api_pb2.AuthConfig(**fields)
 

@@ -43,11 +43,6 @@ Server = Callable[..., RunningShim]
 SMALL = "proxied.test/test/small"
 
 
-@pytest.fixture
-def store(tmp_path: Path) -> Path:
-    return tmp_path / "store"
-
-
 def proxied_config(store: Path, proxy: TamperingProxy, **options: Any) -> dict[str, Any]:
     return cache_config(
         store, {"proxied.test": {"endpoints": [plain_endpoint(proxy.url)]}}, **options

@@ -34,16 +34,6 @@ pytest_plugins = ["registry.fixtures"]
 Server = Callable[..., RunningShim]
 
 
-@pytest.fixture
-def store(tmp_path: Path) -> Path:
-    return tmp_path / "store"
-
-
-@pytest.fixture
-def shim(crishim_server: Server, store: Path, registry: RegistryProcess) -> RunningShim:
-    return crishim_server(plain_config(store, registry))
-
-
 # --------------------------------------------------------------------------- names
 
 

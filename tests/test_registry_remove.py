@@ -30,11 +30,6 @@ Server = Callable[..., RunningShim]
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Path:
-    return tmp_path / "store"
-
-
-@pytest.fixture
 def shim(crishim_server: Server, store: Path, registry: RegistryProcess) -> RunningShim:
     mirror = {"endpoints": [plain_endpoint(registry.url)]}
     return crishim_server(cache_config(store, {registry.host: mirror, "gcr.io": mirror}))

@@ -8,12 +8,14 @@ directory, so they serve the same images without pushing again.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from .helpers import BASIC_PASSWORD, BASIC_USER
+from crishim.testing.server import RunningShim
+
+from .helpers import BASIC_PASSWORD, BASIC_USER, plain_config
 from .images import RegistryImages, build_images, push_images
 from .pki import Pki, make_pki
 from .process import RegistryProcess, registry_binary
@@ -88,3 +90,18 @@ def basic_registry(
     htpasswd.write_text(f"{BASIC_USER}:{hashed.decode()}\n")
     with RegistryProcess(registry.storage, workdir, htpasswd=htpasswd) as process:
         yield process
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Path:
+    """A registry-cache store directory of the test's own (not created)."""
+    return tmp_path / "store"
+
+
+@pytest.fixture
+def shim(
+    crishim_server: Callable[..., RunningShim], store: Path, registry: RegistryProcess
+) -> RunningShim:
+    """A server with one registry-cache backend over ``store``, pulling from the
+    plain registry; a module serving another config defines its own ``shim``."""
+    return crishim_server(plain_config(store, registry))
